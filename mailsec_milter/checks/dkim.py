@@ -1,0 +1,221 @@
+"""DKIM (RFC 6376, RFC 8463 ed25519, RFC 8301 hardening) for every signature of a message.
+
+Owns: finding the signatures, fetching each key through our Lookup, and turning dkimpy's lossy
+answers into RFC 8601 results with a reason.
+Must not: decide a verdict, log, or reach DNS except through the Lookup it is given.
+
+Why we do not call ``dkim.DKIM.verify()`` directly (see LIBRARY-NOTES.md): it swallows DNS
+timeouts as ``False``, reports a missing key like a bad signature, lets rsa-sha1 pass and reads
+a key object left over from the previous index. We use its parsing, canonicalisation and crypto
+(``verify_headerprep``, ``evaluate_pk``, ``verify_sig_process``) and own the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import dkim
+from dkim.canonicalization import CanonicalizationPolicy
+
+from ..dns import DnsOutcome, Lookup
+from ..model import AuthResult, Header, MessageSnapshot
+
+MIN_RSA_BITS = 1024  # RFC 8301 §3.2: keys below 1024 bits must not be treated as valid
+ACCEPTED_ALGORITHMS = frozenset({"rsa-sha256", "ed25519-sha256"})
+
+
+@dataclass(frozen=True)
+class DkimSignatureOutcome:
+    """One signature's result, with what A-R reports (header.d/i/s/a/b) and why."""
+
+    result: AuthResult
+    domain: str = ""
+    selector: str = ""
+    algorithm: str = ""
+    identity: str = ""
+    b_prefix: str = ""
+    key_bits: int | None = None
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class DkimOutcome:
+    signatures: tuple[DkimSignatureOutcome, ...] = ()
+    skipped: int = 0  # signatures beyond max_signatures, not evaluated
+
+    @property
+    def result(self) -> AuthResult:
+        """The best single word for the message (pass if any signature passed)."""
+        if not self.signatures:
+            return AuthResult.NONE
+        order = [AuthResult.PASS, AuthResult.TEMPERROR, AuthResult.FAIL, AuthResult.POLICY,
+                 AuthResult.NEUTRAL, AuthResult.PERMERROR]
+        return min((s.result for s in self.signatures), key=order.index)
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    max_signatures: int = 10
+    allow_partial_body: bool = False  # l= shorter than the body: RFC 6376 §8.2 warns of appended content
+
+
+_TAG_RE = re.compile(rb"\s*([A-Za-z][A-Za-z0-9_]*)\s*=(.*)", re.S)
+
+
+def parse_tag_list(value: bytes) -> dict[str, bytes] | None:
+    """Tolerant RFC 6376 §3.2 tag=value parser; None when the text is not a tag list.
+
+    Used for reporting and prefetching before the real verification, so it must never raise.
+    Duplicate tags make the list invalid (§3.2).
+    """
+    tags: dict[str, bytes] = {}
+    for part in value.split(b";"):
+        if not part.strip():
+            continue
+        match = _TAG_RE.match(part)
+        if match is None:
+            return None
+        name = match.group(1).decode("ascii").lower()
+        if name in tags:
+            return None
+        tags[name] = re.sub(rb"\s+", b"", match.group(2)) if name in ("b", "bh", "h") else (
+            match.group(2).strip()
+        )
+    return tags
+
+
+def key_name(tags: dict[str, bytes]) -> str | None:
+    """The DNS name of the key a signature names (``s._domainkey.d``), or None if unusable."""
+    try:
+        selector = tags["s"].decode("ascii").strip()
+        domain = tags["d"].decode("ascii").strip().rstrip(".")
+    except (KeyError, UnicodeDecodeError):
+        return None
+    if not selector or not domain or any(c.isspace() for c in selector + domain):
+        return None
+    return f"{selector}._domainkey.{domain}".lower()
+
+
+def signature_headers(snapshot: MessageSnapshot) -> tuple[Header, ...]:
+    return snapshot.headers_named("DKIM-Signature")
+
+
+def check_dkim(lookup: Lookup, snapshot: MessageSnapshot, settings: DkimSettings) -> DkimOutcome:
+    headers = signature_headers(snapshot)
+    if not headers:
+        return DkimOutcome()
+    evaluated = headers[: settings.max_signatures]
+    try:
+        verifier = dkim.DKIM(snapshot.raw_message(), minkey=0)
+    except dkim.DKIMException as exc:
+        reason = f"message could not be parsed: {_short(exc)}"
+        return DkimOutcome(
+            tuple(_describe(h, AuthResult.PERMERROR, reason) for h in evaluated),
+            len(headers) - len(evaluated),
+        )
+    outcomes = tuple(
+        _verify_one(verifier, index, header, lookup, settings)
+        for index, header in enumerate(evaluated)
+    )
+    return DkimOutcome(outcomes, len(headers) - len(evaluated))
+
+
+def _describe(header: Header, result: AuthResult, comment: str,
+              key_bits: int | None = None) -> DkimSignatureOutcome:
+    tags = parse_tag_list(header.raw_value) or {}
+
+    def text(tag: str) -> str:
+        return tags.get(tag, b"").decode("utf-8", errors="replace").strip()
+
+    return DkimSignatureOutcome(
+        result=result,
+        domain=text("d").lower().rstrip("."),
+        selector=text("s"),
+        algorithm=text("a").lower(),
+        identity=text("i"),
+        b_prefix=text("b")[:12],
+        key_bits=key_bits,
+        comment=comment,
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:100]
+
+
+def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
+                settings: DkimSettings) -> DkimSignatureOutcome:
+    tags = parse_tag_list(header.raw_value)
+    if tags is None:
+        return _describe(header, AuthResult.PERMERROR, "malformed signature tag list")
+    algorithm = tags.get("a", b"").decode("ascii", errors="replace").strip().lower()
+    if algorithm == "rsa-sha1":
+        return _describe(header, AuthResult.POLICY, "rsa-sha1 is not acceptable (RFC 8301)")
+    if algorithm not in ACCEPTED_ALGORITHMS:
+        return _describe(header, AuthResult.PERMERROR, f"unknown algorithm {algorithm[:30]!r}")
+    try:
+        prepared = verifier.verify_headerprep(idx=index)
+    except dkim.DKIMException as exc:
+        return _describe(header, AuthResult.PERMERROR, f"invalid signature: {_short(exc)}")
+    if not prepared:
+        return _describe(header, AuthResult.PERMERROR, "signature not found")
+    sig, include_headers, sig_headers = prepared
+    name = key_name(tags)
+    if name is None:
+        return _describe(header, AuthResult.PERMERROR, "no usable d= and s=")
+
+    answer = lookup.query(name, "TXT")
+    if answer.outcome.is_temporary:
+        return _describe(header, AuthResult.TEMPERROR, f"key lookup {answer.outcome.value}")
+    texts = answer.texts()
+    if answer.outcome is not DnsOutcome.ANSWER or not texts:
+        return _describe(header, AuthResult.PERMERROR, "no key for signature")
+    key_text = texts[0]
+    key_tags = parse_tag_list(key_text)
+    if key_tags is not None and key_tags.get("p", None) == b"":
+        return _describe(header, AuthResult.PERMERROR, "key revoked")
+    try:
+        pk, key_bits, ktag, seqtlsrpt = dkim.evaluate_pk(name.encode(), key_text)
+    except (dkim.DKIMException, ValueError, TypeError, IndexError) as exc:
+        return _describe(header, AuthResult.PERMERROR, f"unusable key: {_short(exc)}")
+    key_type = ktag.decode() if isinstance(ktag, bytes) else str(ktag)
+    if not algorithm.startswith(key_type + "-"):
+        return _describe(header, AuthResult.PERMERROR, "key type does not match a=", key_bits)
+
+    verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = (
+        pk, key_bits, ktag, seqtlsrpt,
+    )
+    try:
+        valid = verifier.verify_sig_process(sig, include_headers, sig_headers[index], None)
+    except dkim.ValidationError as exc:
+        message = str(exc)
+        if "body hash mismatch" in message:
+            return _describe(header, AuthResult.FAIL, "body hash did not verify", key_bits)
+        return _describe(header, AuthResult.PERMERROR, f"invalid signature: {_short(exc)}",
+                         key_bits)
+    except (dkim.DKIMException, ValueError, TypeError) as exc:
+        return _describe(header, AuthResult.PERMERROR, f"verification error: {_short(exc)}",
+                         key_bits)
+    if not valid:
+        return _describe(header, AuthResult.FAIL, "signature did not verify", key_bits)
+    if key_type == "rsa" and key_bits is not None and key_bits < MIN_RSA_BITS:
+        return _describe(header, AuthResult.POLICY,
+                         f"{key_bits}-bit RSA key is below {MIN_RSA_BITS} (RFC 8301)", key_bits)
+    if b"l" in sig and not settings.allow_partial_body:
+        unsigned = _unsigned_body_bytes(verifier, sig)
+        if unsigned > 0:
+            return _describe(header, AuthResult.POLICY,
+                             f"l= leaves {unsigned} body bytes unsigned", key_bits)
+    return _describe(header, AuthResult.PASS, f"{key_bits}-bit key" if key_bits else "", key_bits)
+
+
+def _unsigned_body_bytes(verifier: dkim.DKIM, sig: dict[bytes, bytes]) -> int:
+    policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+    body = policy.canonicalize_body(verifier.body)
+    try:
+        length = int(sig[b"l"])
+    except ValueError:
+        return len(body)
+    return max(0, len(body) - length)

@@ -1,0 +1,333 @@
+"""Configuration: TOML in, typed frozen settings out, from one table of keys.
+
+Owns: the list of every key with its type, default, unit and meaning (``KEYS``); validation with
+errors that name the key; ``print-defaults`` and the generated docs/CONFIGURATION.md.
+Must not: open sockets, resolve names, or read anything but the file it is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .dns import parse_nameserver
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what is wrong."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.I)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_duration(value: Any) -> float:
+    """``"5s"``, ``"250ms"``, ``"2m"``, ``"1h"`` → seconds. Bare numbers are refused."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration string with a unit such as \"5s\", got {value!r}")
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"bad duration {value!r}: use a number and a unit (ms, s, m, h), "
+                         "e.g. \"5s\"")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"expected a size such as \"32M\", got {value!r}")
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise ValueError(f"bad size {value!r}: use a number and an optional unit K, M or G")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def parse_socket_spec(value: str) -> str:
+    """Validate libmilter socket syntax: ``inet:PORT@HOST``, ``inet6:PORT@HOST``, ``unix:/path``."""
+    if value.startswith(("unix:", "local:")):
+        path = value.split(":", 1)[1]
+        if not path.startswith("/"):
+            raise ValueError(f"unix socket path must be absolute in {value!r}")
+        return value
+    if value.startswith(("inet:", "inet6:")):
+        rest = value.split(":", 1)[1]
+        port_text, _, host = rest.partition("@")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {value!r}")
+        if not host:
+            raise ValueError(f"missing host in {value!r}: write inet:PORT@HOST")
+        return value
+    raise ValueError(f"bad socket {value!r}: use inet:PORT@HOST, inet6:PORT@HOST or unix:/path")
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range {low}..{high}")
+        return value
+
+    return check
+
+
+def _duration_range(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        seconds = parse_duration(value)
+        if not low <= seconds <= high:
+            raise ValueError(f"{value} is out of range {low:g}s..{high:g}s")
+        return seconds
+
+    return check
+
+
+def _nameservers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings like [\"127.0.0.1\", \"192.0.2.53:5353\"]")
+    for item in value:
+        parse_nameserver(item)
+    return tuple(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _socket(value: Any) -> str:
+    return parse_socket_spec(_str(value))
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: where it lives, its TOML default, how to read it, what it means."""
+
+    section: str
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+    type_name: str
+
+    @property
+    def dotted(self) -> str:
+        return f"[{self.section}] {self.name}"
+
+
+DEFAULT_SOCKET = "inet:8894@127.0.0.1"
+
+KEYS: tuple[Key, ...] = (
+    Key("milter", "socket", DEFAULT_SOCKET, _socket,
+        "Where the MTA connects, in libmilter syntax: inet:PORT@HOST, inet6:PORT@HOST or "
+        "unix:/path.",
+        "socket"),
+    Key("milter", "authserv_id", "", _str,
+        "The authserv-id in our Authentication-Results header; empty means this host's FQDN.",
+        "string"),
+    Key("milter", "remove_subdomain_authserv_ids", False, _bool,
+        "Also remove incoming A-R headers whose authserv-id is a subdomain of ours.", "bool"),
+    Key("milter", "message_deadline", "20s", _duration_range(0.1, 600),
+        "Longest end-of-message wait for outstanding DNS work; keep it well below Postfix's "
+        "milter_content_timeout (300s).", "duration"),
+    Key("milter", "max_header_bytes", "1M", parse_size,
+        "Header bytes kept per message; beyond this the message is tempfailed, not truncated.",
+        "size"),
+    Key("milter", "max_body_bytes", "64M", parse_size,
+        "Body bytes kept per message for DKIM; a longer body is never truncated silently: its "
+        "signatures are reported as dkim=permerror (body too large). Keep it above Postfix's "
+        "message_size_limit.", "size"),
+    Key("dns", "nameservers", [], _nameservers,
+        "Resolvers to ask, as \"IP\" or \"IP:PORT\"; empty means the system resolvers "
+        "(/etc/resolv.conf).", "list of strings"),
+    Key("dns", "timeout", "5s", _duration_range(0.01, 60),
+        "Per-query timeout, across retries.", "duration"),
+    Key("dns", "cache_entries", 10000, _int_range(0, 10_000_000),
+        "Answers kept in the cache (0 turns the cache off).", "integer"),
+    Key("dns", "max_ttl", "1h", _duration_range(0, 86400 * 7),
+        "Upper bound on how long an answer is cached.", "duration"),
+    Key("dns", "negative_ttl", "5m", _duration_range(0, 86400),
+        "Upper bound on how long NXDOMAIN/NODATA is cached.", "duration"),
+    Key("spf", "check_helo", True, _bool,
+        "Also evaluate SPF for the HELO identity (RFC 7208 §2.3).", "bool"),
+    Key("dkim", "max_signatures", 10, _int_range(1, 1000),
+        "DKIM signatures verified per message; later ones are reported as skipped.", "integer"),
+    Key("dkim", "allow_partial_body", False, _bool,
+        "Accept signatures whose l= leaves part of the body unsigned (RFC 6376 §8.2 risk).",
+        "bool"),
+    Key("policy", "on_internal_error", "tempfail", _choice("tempfail", "accept"),
+        "Verdict when a check crashed: tempfail (the sender retries) or accept.", "choice"),
+    Key("policy", "tempfail_reply", "451 4.7.0 Temporary authentication failure, try again later",
+        _str, "SMTP reply for a tempfail verdict (a 4xx code with a 4.x.x status).", "reply"),
+    Key("log", "level", "info", _choice("debug", "info", "warning", "error"),
+        "Log level on stderr.", "choice"),
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: str
+    status: str
+    text: str
+
+
+def parse_reply(value: Any, expect_class: str) -> Reply:
+    text = _str(value).strip()
+    match = re.match(r"^([245]\d\d)\s+([245]\.\d{1,3}\.\d{1,3})\s+(.+)$", text)
+    if match is None:
+        raise ValueError(f"expected \"CODE X.Y.Z text\", e.g. \"451 4.7.0 try later\", "
+                         f"got {text!r}")
+    code, status, message = match.groups()
+    if code[0] != status[0]:
+        raise ValueError(f"reply code {code} and status {status} disagree (a {code[0]}xx reply "
+                         f"needs a {code[0]}.x.x status)")
+    if code[0] != expect_class:
+        raise ValueError(f"this reply must be a {expect_class}xx code, got {code}")
+    return Reply(code, status, message)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, frozen settings; build with ``load_settings`` or ``Settings.defaults()``."""
+
+    socket: str
+    authserv_id: str
+    remove_subdomain_authserv_ids: bool
+    message_deadline: float
+    max_header_bytes: int
+    max_body_bytes: int
+    nameservers: tuple[str, ...]
+    dns_timeout: float
+    dns_cache_entries: int
+    dns_max_ttl: float
+    dns_negative_ttl: float
+    spf_check_helo: bool
+    dkim_max_signatures: int
+    dkim_allow_partial_body: bool
+    on_internal_error: str
+    tempfail_reply: Reply
+    log_level: str
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        return settings_from_mapping({})
+
+
+def _field_name(key: Key) -> str:
+    prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "log": "log_"}.get(key.section, "")
+    if key.section == "dns" and key.name == "nameservers":
+        return "nameservers"
+    return prefix + key.name
+
+
+def settings_from_mapping(data: dict[str, Any], hostname: Callable[[], str] = socket.getfqdn
+                          ) -> Settings:
+    """Validate a parsed TOML document against KEYS; every error names its key."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a TOML table")
+    sections = {k.section for k in KEYS}
+    for section, table in data.items():
+        if section not in sections:
+            hint = _hint(section, sections)
+            raise ConfigError(f"unknown section [{section}]{hint}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
+        names = {k.name for k in KEYS if k.section == section}
+        for name in table:
+            if name not in names:
+                raise ConfigError(f"unknown key [{section}] {name}{_hint(name, names)}")
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        raw = data.get(key.section, {}).get(key.name, key.default)
+        try:
+            values[_field_name(key)] = key.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key.dotted}: {exc}") from None
+    try:
+        values["tempfail_reply"] = parse_reply(values["tempfail_reply"], "4")
+    except ValueError as exc:
+        raise ConfigError(f"[policy] tempfail_reply: {exc}") from None
+    if not values["authserv_id"]:
+        values["authserv_id"] = hostname() or "localhost"
+    elif not re.match(r"^[A-Za-z0-9.\-_]+$", values["authserv_id"]):
+        raise ConfigError("[milter] authserv_id: must be a host name (letters, digits, . - _)")
+    return Settings(**values)
+
+
+def _hint(name: str, options: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read a TOML file (or the embedded defaults when ``path`` is None)."""
+    if path is None:
+        return Settings.defaults()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    return settings_from_mapping(data)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_defaults_toml() -> str:
+    """The whole default configuration, commented, as ``print-defaults`` shows it."""
+    lines = ["# mailsec-milter configuration: every key with its default.",
+             "# Durations take a unit (ms, s, m, h); sizes take K, M or G.", ""]
+    section = ""
+    for key in KEYS:
+        if key.section != section:
+            if section:
+                lines.append("")
+            section = key.section
+            lines.append(f"[{section}]")
+        lines.append(f"# {key.doc} ({key.type_name})")
+        lines.append(f"{key.name} = {_toml_value(key.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_defaults_markdown() -> str:
+    """The table in docs/CONFIGURATION.md; a test keeps the file equal to this output."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key in KEYS:
+        lines.append(f"| `{key.dotted}` | {key.type_name} | `{_toml_value(key.default)}` | "
+                     f"{key.doc} |")
+    return "\n".join(lines) + "\n"

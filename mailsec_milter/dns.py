@@ -1,0 +1,488 @@
+"""The resolver seam: every DNS lookup of every check goes through here.
+
+Owns: talking to nameservers (dnspython with explicit servers, never search domains), mapping
+every failure to data (answer / nxdomain / nodata / timeout / servfail), a TTL-bounded cache that
+also keeps negative answers, de-duplication of lookups already in flight (so a prefetch started
+at MAIL FROM is reused at end of message), and per-message deadlines.
+Must not: interpret records (SPF, DKIM and DMARC parsing live in checks/), log, or touch metrics
+other than through the injected observer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+
+MxRecord = tuple[int, str]
+TxtRecord = tuple[bytes, ...]
+Record = str | MxRecord | TxtRecord
+
+SUPPORTED_TYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"})
+
+
+class DnsOutcome(StrEnum):
+    """How a lookup ended; TIMEOUT and SERVFAIL are the temporary errors."""
+
+    ANSWER = "answer"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    TIMEOUT = "timeout"
+    SERVFAIL = "servfail"
+
+    @property
+    def is_temporary(self) -> bool:
+        return self in (DnsOutcome.TIMEOUT, DnsOutcome.SERVFAIL)
+
+
+@dataclass(frozen=True)
+class DnsResult:
+    """The data of one lookup. ``records`` holds, by type: A/AAAA/PTR/CNAME → str,
+    MX → (preference, exchange), TXT/SPF → the record's character-strings as bytes."""
+
+    name: str
+    rdtype: str
+    outcome: DnsOutcome
+    records: tuple[Record, ...] = ()
+    ttl: int = 0
+
+    def texts(self) -> list[bytes]:
+        """TXT records with their character-strings concatenated (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
+        return [b"".join(r) for r in self.records if isinstance(r, tuple) and _is_txt(r)]
+
+
+def _is_txt(record: tuple[object, ...]) -> bool:
+    return all(isinstance(part, bytes) for part in record)
+
+
+class Deadline:
+    """A point in monotonic time after which no lookup for this message may wait any longer."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._expires = clock() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._expires - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+
+class Lookup(Protocol):
+    """What a check sees: one call, never raises for DNS trouble."""
+
+    def query(self, name: str, rdtype: str) -> DnsResult: ...
+
+
+class Resolver(Protocol):
+    """A shared resolver: queries with an optional deadline, and prefetches."""
+
+    def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult: ...
+
+    def prefetch(self, name: str, rdtype: str) -> None: ...
+
+
+class BoundLookup:
+    """A resolver bound to one message's deadline; this is what checks receive."""
+
+    def __init__(self, resolver: Resolver, deadline: Deadline | None) -> None:
+        self._resolver = resolver
+        self._deadline = deadline
+
+    def query(self, name: str, rdtype: str) -> DnsResult:
+        return self._resolver.query(name, rdtype, self._deadline)
+
+
+QueryObserver = Callable[[str, DnsOutcome, float], None]
+"""Called once per lookup that went to the network: (rdtype, outcome, seconds)."""
+
+
+def normalise_name(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """Parse ``"IP"``, ``"IP:PORT"``, ``"[IPv6]:PORT"`` or a bare IPv6 address into (ip, port)."""
+    import ipaddress
+
+    value = text.strip()
+    port = 53
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad nameserver {text!r}")
+            port = int(rest[1:])
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        port = int(port_text)
+    else:
+        host = value
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, port
+
+
+class _TtlCache:
+    """A small LRU cache of DnsResults with per-entry expiry; thread-safe."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._data: OrderedDict[tuple[str, str], tuple[float, DnsResult]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> DnsResult | None:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            expires, result = item
+            if expires <= self._clock():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return result
+
+    def put(self, key: tuple[str, str], result: DnsResult, ttl: float) -> None:
+        if ttl <= 0 or self._max <= 0:
+            return
+        with self._lock:
+            self._data[key] = (self._clock() + ttl, result)
+            self._data.move_to_end(key)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 5.0
+    cache_entries: int = 10_000
+    min_ttl: int = 0
+    max_ttl: int = 3600
+    negative_ttl: int = 300
+    prefetch_threads: int = 16
+
+
+class CachingResolver:
+    """The production resolver: dnspython underneath, our cache and in-flight table on top."""
+
+    def __init__(
+        self,
+        settings: ResolverSettings,
+        observer: QueryObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        backend: Callable[[str, str, float], DnsResult] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._observer = observer
+        self._clock = clock
+        self._cache = _TtlCache(settings.cache_entries, clock)
+        self._inflight: dict[tuple[str, str], Future[DnsResult]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.prefetch_threads), thread_name_prefix="dns-prefetch"
+        )
+        self._backend = backend or _DnspythonBackend(settings).lookup
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def prefetch(self, name: str, rdtype: str) -> None:
+        """Start a lookup in the background unless its answer is cached or already coming."""
+        key = (normalise_name(name), rdtype.upper())
+        if not key[0] or self._cache.get(key) is not None:
+            return
+        with self._lock:
+            if key in self._inflight:
+                return
+            try:
+                future = self._pool.submit(self._fetch, key, self._settings.timeout)
+            except RuntimeError:  # pool shut down during reload/stop: the lookup runs later
+                return
+            self._inflight[key] = future
+        future.add_done_callback(lambda _f, k=key: self._forget(k))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult:
+        key = (normalise_name(name), rdtype.upper())
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        budget = self._settings.timeout
+        if deadline is not None:
+            budget = min(budget, deadline.remaining())
+        if budget <= 0:
+            return DnsResult(key[0], key[1], DnsOutcome.TIMEOUT)
+        with self._lock:
+            future = self._inflight.get(key)
+        if future is not None:
+            try:
+                return future.result(timeout=budget)
+            except Exception:  # the shared lookup took too long for this message
+                return DnsResult(key[0], key[1], DnsOutcome.TIMEOUT)
+        return self._fetch(key, budget)
+
+    def _fetch(self, key: tuple[str, str], budget: float) -> DnsResult:
+        started = self._clock()
+        try:
+            result = self._backend(key[0], key[1], budget)
+        except Exception:  # a backend bug must not become "no record"
+            result = DnsResult(key[0], key[1], DnsOutcome.SERVFAIL)
+        if self._observer is not None:
+            self._observer(key[1], result.outcome, self._clock() - started)
+        self._cache.put(key, result, self._ttl_for(result))
+        return result
+
+    def _ttl_for(self, result: DnsResult) -> float:
+        s = self._settings
+        if result.outcome.is_temporary:
+            return 0
+        if result.outcome is DnsOutcome.ANSWER:
+            return max(s.min_ttl, min(result.ttl, s.max_ttl))
+        return max(s.min_ttl, min(result.ttl or s.negative_ttl, s.negative_ttl))
+
+
+class _DnspythonBackend:
+    """One lookup through dnspython, with every error mapped to a DnsOutcome."""
+
+    def __init__(self, settings: ResolverSettings) -> None:
+        if settings.nameservers:
+            resolver = dns.resolver.Resolver(configure=False)
+            servers = [parse_nameserver(n) for n in settings.nameservers]
+            resolver.nameservers = [host for host, _ in servers]
+            resolver.nameserver_ports = {host: port for host, port in servers}
+        else:
+            resolver = dns.resolver.Resolver(configure=True)
+        # No search list, no domain suffix: mail identities are always absolute names.
+        resolver.search = []
+        resolver.domain = dns.name.root
+        resolver.use_search_by_default = False
+        resolver.timeout = settings.timeout
+        resolver.lifetime = settings.timeout
+        resolver.cache = None  # our own cache sits above, with TTL bounds
+        self._resolver = resolver
+
+    def lookup(self, name: str, rdtype: str, budget: float) -> DnsResult:
+        try:
+            qname = dns.name.from_text(name if name.endswith(".") else name + ".")
+        except dns.exception.DNSException:
+            return DnsResult(name, rdtype, DnsOutcome.NXDOMAIN)
+        if rdtype == "SPF":  # RR type 99 is obsolete (RFC 7208 §14.1); never asked of the network
+            return DnsResult(name, rdtype, DnsOutcome.NODATA)
+        qtype = rdtype
+        try:
+            answer = self._resolver.resolve(
+                qname, qtype, lifetime=max(budget, 0.001), raise_on_no_answer=False, search=False
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            return DnsResult(name, rdtype, DnsOutcome.NXDOMAIN, ttl=_negative_ttl(exc))
+        except (dns.resolver.LifetimeTimeout, dns.exception.Timeout):
+            return DnsResult(name, rdtype, DnsOutcome.TIMEOUT)
+        except (dns.resolver.NoNameservers, dns.resolver.YXDOMAIN):
+            return DnsResult(name, rdtype, DnsOutcome.SERVFAIL)
+        except dns.exception.DNSException:
+            return DnsResult(name, rdtype, DnsOutcome.SERVFAIL)
+        if answer.rrset is None:
+            ttl = _soa_minimum(answer.response)
+            return DnsResult(name, rdtype, DnsOutcome.NODATA, ttl=ttl)
+        records: list[Record] = []
+        for rdata in answer.rrset:
+            if qtype in ("A", "AAAA"):
+                records.append(str(rdata.address))
+            elif qtype == "MX":
+                records.append((int(rdata.preference), rdata.exchange.to_text(True)))
+            elif qtype in ("PTR", "CNAME"):
+                records.append(rdata.target.to_text(True))
+            elif qtype == "TXT":
+                records.append(tuple(bytes(s) for s in rdata.strings))
+        return DnsResult(name, rdtype, DnsOutcome.ANSWER, tuple(records), answer.rrset.ttl)
+
+
+def _soa_minimum(response: dns.message.Message | None) -> int:
+    if response is None:
+        return 0
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return int(min(rrset.ttl, rrset[0].minimum))
+    return 0
+
+
+def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> int:
+    try:
+        responses = exc.responses()
+    except Exception:
+        return 0
+    for response in responses.values():
+        return _soa_minimum(response)
+    return 0
+
+
+class StaticResolver:
+    """A resolver over fixed records, for unit tests, golden cases and ``check --zone``.
+
+    Zone text, one entry a line (``;`` or ``#`` start a comment)::
+
+        example.com.  300  TXT  "v=spf1 -all"
+        example.com.       A    192.0.2.1
+        example.com.       MX   10 mx.example.com.
+        slow.example.      TXT  TIMEOUT      ; the lookup times out
+        broken.example.    TXT  SERVFAIL     ; the server fails
+
+    Names without records of the asked type but with other records give NODATA; unknown names
+    give NXDOMAIN. Every query is counted in ``queries`` so tests can assert lookup limits.
+    """
+
+    def __init__(self, records: Sequence[DnsResult] = ()) -> None:
+        self._by_key: dict[tuple[str, str], DnsResult] = {}
+        self._names: set[str] = set()
+        self.queries: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        for result in records:
+            self._add(result)
+
+    @classmethod
+    def from_zone_text(cls, text: str) -> StaticResolver:
+        return cls(parse_zone_text(text))
+
+    def _add(self, result: DnsResult) -> None:
+        key = (normalise_name(result.name), result.rdtype)
+        existing = self._by_key.get(key)
+        if existing is not None and existing.outcome is DnsOutcome.ANSWER:
+            result = DnsResult(
+                existing.name, existing.rdtype, DnsOutcome.ANSWER,
+                existing.records + result.records, min(existing.ttl, result.ttl),
+            )
+        self._by_key[key] = result
+        # Every ancestor of a name exists (an empty non-terminal answers NODATA, RFC 8020).
+        labels = key[0].split(".")
+        for i in range(len(labels)):
+            self._names.add(".".join(labels[i:]))
+
+    def prefetch(self, name: str, rdtype: str) -> None:
+        return None
+
+    def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult:
+        key = (normalise_name(name), rdtype.upper())
+        with self._lock:
+            self.queries.append(key)
+        if deadline is not None and deadline.expired:
+            return DnsResult(key[0], key[1], DnsOutcome.TIMEOUT)
+        found = self._by_key.get(key)
+        if found is not None:
+            return DnsResult(key[0], key[1], found.outcome, found.records, found.ttl)
+        if key[0] in self._names:
+            return DnsResult(key[0], key[1], DnsOutcome.NODATA)
+        return DnsResult(key[0], key[1], DnsOutcome.NXDOMAIN)
+
+
+def parse_zone_text(text: str) -> list[DnsResult]:
+    """Parse the small zone dialect documented on StaticResolver. Raises ValueError with the line."""
+    results: list[DnsResult] = []
+    for number, raw_line in enumerate(text.splitlines(), 1):
+        line = _strip_comment(raw_line).strip()
+        if not line:
+            continue
+        try:
+            results.append(_parse_zone_line(line))
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"zone line {number}: {exc}: {raw_line.strip()!r}") from None
+    return results
+
+
+def _strip_comment(line: str) -> str:
+    out: list[str] = []
+    quoted = False
+    for char in line:
+        if char == '"':
+            quoted = not quoted
+        if not quoted and char in ";#":
+            break
+        out.append(char)
+    return "".join(out)
+
+
+def _parse_zone_line(line: str) -> DnsResult:
+    name, rest = line.split(None, 1)
+    parts = rest.split(None, 1)
+    ttl = 300
+    if parts[0].isdigit():
+        ttl = int(parts[0])
+        parts = parts[1].split(None, 1)
+    if parts[0].upper() == "IN":
+        parts = parts[1].split(None, 1)
+    rdtype = parts[0].upper()
+    rdata = parts[1].strip() if len(parts) > 1 else ""
+    if rdtype not in SUPPORTED_TYPES:
+        raise ValueError(f"unsupported type {rdtype}")
+    if rdata.upper() in ("TIMEOUT", "SERVFAIL", "NXDOMAIN", "NODATA"):
+        return DnsResult(normalise_name(name), rdtype, DnsOutcome(rdata.lower()))
+    record: Record
+    if rdtype in ("TXT", "SPF"):
+        record = _parse_txt_rdata(rdata)
+    elif rdtype == "MX":
+        pref, exchange = rdata.split()
+        record = (int(pref), normalise_name(exchange))
+    elif rdtype in ("PTR", "CNAME"):
+        record = normalise_name(rdata)
+    else:
+        import ipaddress
+
+        record = str(ipaddress.ip_address(rdata))
+    return DnsResult(normalise_name(name), rdtype, DnsOutcome.ANSWER, (record,), ttl)
+
+
+def _parse_txt_rdata(rdata: str) -> TxtRecord:
+    """Parse one or more quoted character-strings (``\\"`` and ``\\DDD`` escapes allowed)."""
+    if not rdata.startswith('"'):
+        return (rdata.encode(),)
+    strings: list[bytes] = []
+    i = 0
+    while i < len(rdata):
+        if rdata[i].isspace():
+            i += 1
+            continue
+        if rdata[i] != '"':
+            raise ValueError("text outside quotes")
+        i += 1
+        buf = bytearray()
+        while i < len(rdata) and rdata[i] != '"':
+            if rdata[i] == "\\" and i + 1 < len(rdata):
+                if rdata[i + 1 : i + 4].isdigit() and len(rdata[i + 1 : i + 4]) == 3:
+                    buf.append(int(rdata[i + 1 : i + 4]))
+                    i += 4
+                    continue
+                buf.extend(rdata[i + 1].encode())
+                i += 2
+                continue
+            buf.extend(rdata[i].encode())
+            i += 1
+        if i >= len(rdata):
+            raise ValueError("unterminated quoted string")
+        i += 1
+        strings.append(bytes(buf))
+    return tuple(strings)

@@ -1,0 +1,187 @@
+"""Runs the checks for one message: early where the input allows, all within one deadline.
+
+Owns: when each check starts (SPF at MAIL FROM, DKIM key prefetch per DKIM-Signature header,
+the rest at end of message), the per-message deadline, and isolation of a crashing check (its
+result becomes ``temperror`` and the error is recorded once, never an invented result).
+Must not: decide a verdict, render headers, or know about the milter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .checks.dkim import DkimOutcome, DkimSettings, DkimSignatureOutcome, check_dkim, key_name
+from .checks.dkim import parse_tag_list as parse_dkim_tags
+from .checks.spf import SpfIdentity, SpfOutcome, check_spf
+from .checks.tls import TlsOutcome, check_tls
+from .config import Settings
+from .dns import BoundLookup, Deadline, Resolver
+from .model import AuthResult, Envelope, Header, MessageSnapshot
+
+log = logging.getLogger("mailsec_milter.engine")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CheckError:
+    """A check that crashed; the message says what, the result was replaced by temperror."""
+
+    check: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Every check's outcome for one message, in RFC 8601 words."""
+
+    spf_mailfrom: SpfOutcome
+    spf_helo: SpfOutcome | None
+    dkim: DkimOutcome
+    tls: TlsOutcome
+    errors: tuple[CheckError, ...] = ()
+    check_seconds: tuple[tuple[str, float], ...] = field(default=(), compare=False)
+
+    def temperrors(self) -> list[str]:
+        """Names of the checks whose result is temperror (DNS trouble or a crash)."""
+        names = []
+        if self.spf_mailfrom.result is AuthResult.TEMPERROR:
+            names.append("spf")
+        if self.spf_helo is not None and self.spf_helo.result is AuthResult.TEMPERROR:
+            names.append("spf_helo")
+        if any(s.result is AuthResult.TEMPERROR for s in self.dkim.signatures):
+            names.append("dkim")
+        return names
+
+
+class MessageRun:
+    """One message's checks in flight. Created at MAIL FROM, finished at end of message."""
+
+    def __init__(self, engine: Engine, envelope: Envelope) -> None:
+        self._engine = engine
+        self.envelope = envelope
+        self._spf_mailfrom = engine._submit(
+            "spf", lambda: check_spf(engine._lookup(None), envelope.client_ip,
+                                     SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
+                                     engine.settings.authserv_id))
+        self._spf_helo: Future[SpfOutcome] | None = None
+        if engine.settings.spf_check_helo:
+            self._spf_helo = engine._submit(
+                "spf_helo", lambda: check_spf(engine._lookup(None), envelope.client_ip,
+                                              SpfIdentity.HELO, envelope.mail_from, envelope.helo,
+                                              engine.settings.authserv_id))
+
+    def saw_header(self, header: Header) -> None:
+        """Start DNS work a header makes possible (DKIM key for each DKIM-Signature)."""
+        if header.name.lower() == "dkim-signature":
+            tags = parse_dkim_tags(header.raw_value)
+            name = key_name(tags) if tags else None
+            if name:
+                self._engine.resolver.prefetch(name, "TXT")
+
+    def finish(self, snapshot: MessageSnapshot, body_too_large: bool = False) -> Analysis:
+        """Collect everything within the message deadline and return the Analysis."""
+        engine = self._engine
+        deadline = Deadline(engine.settings.message_deadline, engine.clock)
+        errors: list[CheckError] = []
+        timings: list[tuple[str, float]] = []
+        domain = snapshot.envelope.mail_from.rpartition("@")[2]
+        spf_mailfrom = self._collect(
+            "spf", self._spf_mailfrom, deadline, errors,
+            lambda: SpfOutcome(SpfIdentity.MAILFROM, AuthResult.TEMPERROR,
+                               snapshot.envelope.mail_from, domain, "check did not complete"))
+        spf_helo = None
+        if self._spf_helo is not None:
+            spf_helo = self._collect(
+                "spf_helo", self._spf_helo, deadline, errors,
+                lambda: SpfOutcome(SpfIdentity.HELO, AuthResult.TEMPERROR,
+                                   snapshot.envelope.helo, "", "check did not complete"))
+        started = engine.clock()
+        dkim = _isolate("dkim", errors, lambda: _dkim_or_too_large(
+            engine, snapshot, deadline, body_too_large), lambda: _dkim_crashed(snapshot))
+        timings.append(("dkim", engine.clock() - started))
+        tls = _isolate("tls", errors, lambda: check_tls(snapshot.envelope.tls),
+                       lambda: TlsOutcome(AuthResult.TEMPERROR))
+        return Analysis(spf_mailfrom, spf_helo, dkim, tls, tuple(errors), tuple(timings))
+
+    def _collect(self, name: str, future: Future[SpfOutcome], deadline: Deadline,
+                 errors: list[CheckError], fallback: Callable[[], SpfOutcome]) -> SpfOutcome:
+        try:
+            return future.result(timeout=deadline.remaining())
+        except FutureTimeout:
+            return fallback()
+        except Exception as exc:  # the check itself crashed
+            _record(name, exc, errors)
+            return fallback()
+
+
+def _dkim_or_too_large(engine: Engine, snapshot: MessageSnapshot, deadline: Deadline,
+                       body_too_large: bool) -> DkimOutcome:
+    if body_too_large:
+        return DkimOutcome(tuple(
+            DkimSignatureOutcome(AuthResult.PERMERROR, comment="body exceeds max_body_bytes")
+            for _ in snapshot.headers_named("DKIM-Signature")))
+    return check_dkim(engine._lookup(deadline), snapshot, engine.dkim_settings)
+
+
+def _dkim_crashed(snapshot: MessageSnapshot) -> DkimOutcome:
+    count = max(1, len(snapshot.headers_named("DKIM-Signature")))
+    return DkimOutcome(tuple(DkimSignatureOutcome(AuthResult.TEMPERROR, comment="internal error")
+                             for _ in range(count)))
+
+
+def _record(name: str, exc: BaseException, errors: list[CheckError]) -> None:
+    log.error("check %s crashed: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+    errors.append(CheckError(name, f"{type(exc).__name__}: {exc}"[:200]))
+
+
+def _isolate(name: str, errors: list[CheckError], run: Callable[[], T],
+             fallback: Callable[[], T]) -> T:
+    try:
+        return run()
+    except Exception as exc:
+        _record(name, exc, errors)
+        return fallback()
+
+
+class Engine:
+    """Shared by all sessions: settings, the resolver and a pool for early checks."""
+
+    def __init__(self, settings: Settings, resolver: Resolver, pool: Executor,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.pool = pool
+        self.clock = clock
+        self.dkim_settings = DkimSettings(settings.dkim_max_signatures,
+                                          settings.dkim_allow_partial_body)
+
+    def _lookup(self, deadline: Deadline | None) -> BoundLookup:
+        return BoundLookup(self.resolver, deadline)
+
+    def _submit(self, name: str, work: Callable[[], T]) -> Future[T]:
+        try:
+            return self.pool.submit(work)
+        except RuntimeError:  # pool shut down (stop in progress): run inline, still correct
+            future: Future[T] = Future()
+            try:
+                future.set_result(work())
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+
+    def begin(self, envelope: Envelope) -> MessageRun:
+        return MessageRun(self, envelope)
+
+    def analyse(self, snapshot: MessageSnapshot) -> Analysis:
+        """Run every check for a complete snapshot (the offline ``check`` command, tests)."""
+        run = self.begin(snapshot.envelope)
+        for header in snapshot.headers:
+            run.saw_header(header)
+        return run.finish(snapshot)

@@ -1,0 +1,310 @@
+"""The milter adapter: the only module that imports ``Milter`` (pymilter over libmilter).
+
+Owns: copying callback arguments and macros into a per-message builder, starting early checks,
+and turning a Verdict plus the rendered header into milter actions (delete forged A-R fields,
+insert ours at the top, reply).
+Must not: decide anything (policy.py does) or render header text (authres.py does).
+
+pymilter pitfalls handled here (LIBRARY-NOTES.md), each with a test:
+- ``setsymlist`` is broken on Python 3 and a failure silently negotiates "all options"; we
+  override it to pass one space-separated ``str``.
+- ``data()`` is implemented and answered, so the last event before the body is one the milter
+  replies to (removes Postfix's Nagle stall); the other pre-body events are ``@noreply``.
+- Headers are read as bytes with leading space preserved, so DKIM ``c=simple`` sees them exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, cast
+
+import Milter
+
+from . import authres
+from .config import Reply, Settings
+from .engine import Analysis, Engine, MessageRun
+from .model import Envelope, Header, MessageSnapshot, TlsInfo, normalise_ip
+from .policy import Action, Verdict, decide
+
+log = logging.getLogger("mailsec_milter.milter")
+
+AR_HEADER = "Authentication-Results"
+
+# Macros we ask the MTA for, per stage. TLS state is read at MAIL FROM: after STARTTLS the
+# client says EHLO again, and only from MAIL FROM on do the macros describe the session the
+# message travels over.
+CONNECT_MACROS = ("j", "{daemon_name}", "{client_addr}")
+ENVFROM_MACROS = ("i", "{auth_type}", "{auth_authen}", "{tls_version}", "{cipher}",
+                  "{cipher_bits}", "{verify}", "{cert_subject}", "{cert_issuer}")
+EOM_MACROS = ("i",)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every session shares; swapped as a whole on reload."""
+
+    settings: Settings
+    engine: Engine
+
+
+class _Shared:
+    """Holder of the current Runtime, read at the start of each message."""
+
+    lock = threading.Lock()
+    runtime: Runtime | None = None
+
+
+def install_runtime(runtime: Runtime) -> None:
+    with _Shared.lock:
+        _Shared.runtime = runtime
+
+
+def current_runtime() -> Runtime:
+    runtime = _Shared.runtime
+    if runtime is None:
+        raise RuntimeError("milter runtime not installed")
+    return runtime
+
+
+# pymilter is untyped: give its constants and decorators types once, here.
+CONTINUE: int = Milter.CONTINUE
+ACCEPT: int = Milter.ACCEPT
+REJECT: int = Milter.REJECT
+TEMPFAIL: int = Milter.TEMPFAIL
+
+F = TypeVar("F", bound=Callable[..., int])
+
+
+def noreply(func: F) -> F:
+    """Tell the MTA not to wait for this event's reply (when it supports that)."""
+    return cast(F, Milter.noreply(func))
+
+
+def as_bytes(func: F) -> F:
+    """Receive header values as the raw bytes the MTA sent."""
+    return cast(F, Milter.decode("bytes")(func))
+
+
+def _with_macros(func: Any, macros: tuple[str, ...]) -> Any:
+    # Set the list directly: pymilter's @symlist refuses more than five names, a limit of old
+    # Sendmail releases; Postfix and current Sendmail take the whole list.
+    func._symlist = macros
+    return func
+
+
+def _escape_reply(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+@dataclass
+class _MessageState:
+    """Mutable per-message builder; a fresh one at every MAIL FROM (Rule 3)."""
+
+    envelope: Envelope
+    run: MessageRun
+    runtime: Runtime
+    rcpts: list[str]
+    headers: list[Header]
+    header_bytes: int = 0
+    body: bytearray | None = None
+    body_too_large: bool = False
+    headers_too_large: bool = False
+
+
+@Milter.header_leading_space
+class MailsecMilter(Milter.Base):  # type: ignore[misc]
+    """One instance per SMTP connection (libmilter may call it from different threads)."""
+
+    def __init__(self) -> None:
+        self.client_ip: str | None = None
+        self.client_name = ""
+        self.helo_name = ""
+        self.message: _MessageState | None = None
+
+    # --- negotiation -------------------------------------------------------------------------
+    def setsymlist(self, stage: int, *macros: str) -> Any:
+        """pymilter's version passes bytes where libmilter's binding wants one ``str``."""
+        if not self._actions & Milter.SETSYMLIST:
+            raise Milter.DisabledAction("SETSYMLIST")
+        return self._ctx.setsymlist(stage, " ".join(macros))
+
+    # --- SMTP stages ---------------------------------------------------------------------------
+    @noreply
+    def connect(self, hostname: str, family: Any, hostaddr: Any) -> int:
+        self.client_name = hostname or ""
+        self.client_ip = None
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
+        if address is None:
+            address = self.getsymval("{client_addr}")
+        if address:
+            try:
+                self.client_ip = normalise_ip(str(address))
+            except ValueError:
+                self.client_ip = None
+        return CONTINUE
+
+    connect = _with_macros(connect, CONNECT_MACROS)
+
+    @noreply
+    def hello(self, hostname: str) -> int:
+        self.helo_name = hostname or ""
+        return CONTINUE
+
+    @noreply
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        runtime = current_runtime()
+        envelope = Envelope(
+            client_ip=self.client_ip,
+            client_name=self.client_name,
+            helo=self.helo_name,
+            mail_from=_strip_address(mail_from),
+            queue_id=self._macro("i"),
+            sasl_user=self._macro("{auth_authen}"),
+            tls=self._tls_info(),
+        )
+        self.message = _MessageState(envelope, runtime.engine.begin(envelope), runtime, [], [])
+        return CONTINUE
+
+    envfrom = _with_macros(envfrom, ENVFROM_MACROS)
+
+    @noreply
+    def envrcpt(self, rcpt: str, *params: str) -> int:
+        if self.message is not None and len(self.message.rcpts) < 1000:
+            self.message.rcpts.append(_strip_address(rcpt))
+        return CONTINUE
+
+    def data(self) -> int:
+        # Answered on purpose (see module docstring): removes a ~40 ms stall per message.
+        return CONTINUE
+
+    @noreply
+    @as_bytes
+    def header(self, name: str, value: bytes) -> int:
+        state = self.message
+        if state is None:
+            return CONTINUE
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+        if not self._protocol & Milter.P_HDR_LEADSPC:
+            raw = b" " + raw
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        state.header_bytes += len(name) + len(raw) + 3
+        if state.header_bytes > state.runtime.settings.max_header_bytes:
+            state.headers_too_large = True
+            return CONTINUE
+        header = Header(name, raw)
+        state.headers.append(header)
+        try:
+            state.run.saw_header(header)
+        except Exception:  # a prefetch is an optimisation; its failure must not cost the message
+            log.exception("prefetch failed for a %s header", name[:40])
+        return CONTINUE
+
+    @noreply
+    def body(self, chunk: bytes) -> int:
+        state = self.message
+        if state is None or state.body_too_large:
+            return CONTINUE
+        if state.body is None:
+            state.body = bytearray()
+        if len(state.body) + len(chunk) > state.runtime.settings.max_body_bytes:
+            state.body_too_large = True
+            state.body = bytearray()
+        else:
+            state.body.extend(chunk)
+        return CONTINUE
+
+    def eom(self) -> int:
+        state = self.message
+        self.message = None
+        if state is None:
+            return CONTINUE
+        try:
+            return self._finish(state)
+        except Exception:
+            log.exception("internal error at end of message; tempfailing it")
+            return self._reply(state.runtime.settings.tempfail_reply, TEMPFAIL)
+
+    def abort(self) -> int:
+        self.message = None
+        return CONTINUE
+
+    def close(self) -> int:
+        self.message = None
+        return CONTINUE
+
+    # --- end of message ------------------------------------------------------------------------
+    def _finish(self, state: _MessageState) -> int:
+        settings = state.runtime.settings
+        if state.headers_too_large:
+            log.warning("queue_id=%s header block over max_header_bytes; tempfailing",
+                        state.envelope.queue_id)
+            return self._reply(settings.tempfail_reply, TEMPFAIL)
+        envelope = replace(state.envelope, rcpt_to=tuple(state.rcpts),
+                           queue_id=self._macro("i") or state.envelope.queue_id)
+        snapshot = MessageSnapshot(envelope, tuple(state.headers), bytes(state.body or b""))
+        analysis = state.run.finish(snapshot, body_too_large=state.body_too_large)
+        verdict = decide(analysis, settings)
+        forged = authres.forged_indices(snapshot.headers, settings.authserv_id,
+                                        settings.remove_subdomain_authserv_ids)
+        log_message(envelope, analysis, verdict, len(forged))
+        if verdict.action is Action.TEMPFAIL:
+            return self._reply(verdict.reply or settings.tempfail_reply, TEMPFAIL)
+        if verdict.action is Action.REJECT and verdict.reply is not None:
+            return self._reply(verdict.reply, REJECT)
+        for index in forged:  # highest first: deleting never shifts an index still to delete
+            self.chgheader(AR_HEADER, index, "")
+        value = authres.render(settings.authserv_id, authres.results_for(analysis))
+        if self._protocol & Milter.P_HDR_LEADSPC:
+            value = " " + value
+        self.addheader(AR_HEADER, value, 0)
+        if verdict.action is Action.QUARANTINE:
+            self.quarantine(verdict.detail or "mailsec-milter policy")
+        return ACCEPT
+
+    def _reply(self, reply: Reply, code: int) -> int:
+        self.setreply(reply.code, reply.status, _escape_reply(reply.text))
+        return code
+
+    def _macro(self, name: str) -> str | None:
+        try:
+            value = self.getsymval(name)
+        except Exception:
+            return None
+        return str(value) if value else None
+
+    def _tls_info(self) -> TlsInfo:
+        bits_text = self._macro("{cipher_bits}")
+        bits = int(bits_text) if bits_text and bits_text.isdigit() and len(bits_text) < 7 else None
+        return TlsInfo(
+            version=self._macro("{tls_version}"),
+            cipher=self._macro("{cipher}"),
+            cipher_bits=bits,
+            verify=self._macro("{verify}"),
+            cert_subject=self._macro("{cert_subject}"),
+            cert_issuer=self._macro("{cert_issuer}"),
+        )
+
+
+def _strip_address(text: str) -> str:
+    value = (text or "").strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1]
+    return value.strip()
+
+
+def log_message(envelope: Envelope, analysis: Analysis, verdict: Verdict, forged: int) -> None:
+    """Rule 8: one line per message with queue id, client, identities, every result, verdict."""
+    dkim = ",".join(f"{s.result.value}:{s.domain or '-'}" for s in analysis.dkim.signatures)
+    log.info(
+        "queue_id=%s client=%s[%s] helo=%s mail_from=<%s> spf=%s spf_helo=%s dkim=%s tls=%s "
+        "forged_ar_removed=%d verdict=%s reason=%s%s",
+        envelope.queue_id or "-", envelope.client_name or "-", envelope.client_ip or "-",
+        envelope.helo or "-", envelope.mail_from,
+        analysis.spf_mailfrom.result.value,
+        analysis.spf_helo.result.value if analysis.spf_helo else "-",
+        dkim or "none", analysis.tls.version or "none", forged, verdict.action.value,
+        verdict.reason.value, f" detail={verdict.detail!r}" if verdict.detail else "",
+    )
