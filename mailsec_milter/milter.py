@@ -227,6 +227,8 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
             log.exception("internal error at end of message; tempfailing it")
             return self._reply(state.runtime.settings.tempfail_reply, TEMPFAIL)
 
+    eom = _with_macros(eom, EOM_MACROS)
+
     def abort(self) -> int:
         self.message = None
         return CONTINUE

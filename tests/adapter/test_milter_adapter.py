@@ -1,0 +1,201 @@
+"""The milter adapter over a real socket: the real daemon, spoken to by our protocol client.
+
+Also the regression tests for the pymilter pitfalls in LIBRARY-NOTES.md: macro requests,
+the answered DATA event, TCP_NODELAY on the listener, and the signal mask of every thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailsec_milter.testing import milterclient as mc
+from tests.support import dkimkeys
+from tests.support.dnsserver import DnsTestServer
+from tests.support.milterproc import MilterProcess
+
+SENDER = "sender.example"
+ED = dkimkeys.ed25519_key(b"\x02" * 32)
+
+
+@pytest.fixture(scope="module")
+def dns_zone_server() -> Iterator[str]:
+    """A real UDP/TCP DNS server on loopback with the sender's SPF record and DKIM key."""
+    with DnsTestServer() as server:
+        server.add(SENDER, "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+        server.add(f"ed._domainkey.{SENDER}", "TXT", ED.record())
+        yield server.nameserver
+
+
+@pytest.fixture(scope="module")
+def milter(dns_zone_server: str) -> Iterator[MilterProcess]:
+    process = MilterProcess({"milter": {"authserv_id": "mx.test.example"},
+                             "dns": {"nameservers": [dns_zone_server], "timeout": "1s"}})
+    with process:
+        yield process
+
+
+def message(extra: str = "") -> bytes:
+    return (f"{extra}From: a@{SENDER}\r\nTo: b@example.net\r\nSubject: hi\r\n"
+            "Message-ID: <1@sender.example>\r\n\r\nbody\r\n").encode()
+
+
+def session(milter: MilterProcess, raw: bytes, *, client_ip: str = "192.0.2.10",
+            macros: dict[str, dict[str, str]] | None = None) -> mc.SessionResult:
+    with mc.MilterClient.connect(milter.socket_spec) as client:
+        return client.send_message(raw, client_ip=client_ip, helo="client.test.example",
+                                   mail_from=f"a@{SENDER}", rcpts=["b@example.net"],
+                                   macros=macros or {"mail": {"i": "4AbCdE"}})
+
+
+def test_negotiation_requests_macros_and_noreply_flags(milter: MilterProcess) -> None:
+    """Fails without our setsymlist override: pymilter then falls back to 'all options'."""
+    with mc.MilterClient.connect(milter.socket_spec) as client:
+        reply = client.negotiate()
+    assert reply.protocol is not None
+    mail_macros = set(reply.macros.get("mail", ()))
+    assert {"i", "{auth_authen}", "{tls_version}", "{cipher}", "{cipher_bits}"} <= mail_macros
+    assert set(reply.macros.get("eom", ())) == {"i"}
+    for flag in (mc.SMFIP_NR_CONN, mc.SMFIP_NR_HELO, mc.SMFIP_NR_MAIL, mc.SMFIP_NR_RCPT,
+                 mc.SMFIP_NR_HDR, mc.SMFIP_NR_BODY):
+        assert reply.protocol & flag, hex(flag)
+    # DATA is answered (the Postfix-side Nagle stall fix) and EOH is not sent at all.
+    assert not reply.protocol & mc.SMFIP_NR_DATA
+    assert not reply.protocol & mc.SMFIP_NODATA
+    assert reply.protocol & mc.SMFIP_NOEOH
+    assert reply.protocol & mc.SMFIP_HDR_LEADSPC
+
+
+def test_header_inserted_at_top_with_tls_from_mail_macros(milter: MilterProcess) -> None:
+    raw = dkimkeys.sign(message(), ED, "ed", SENDER)
+    result = session(milter, raw, macros={"mail": {
+        "i": "4AbCdE", "{tls_version}": "TLSv1.3", "{cipher}": "TLS_AES_256_GCM_SHA384",
+        "{cipher_bits}": "256"}})
+    assert result.action in ("accept", "continue")
+    inserts = [e for e in result.header_edits if e.kind == "insert"]
+    assert len(inserts) == 1 and inserts[0].index == 0
+    value = inserts[0].value
+    assert value.startswith(" mx.test.example;")  # leading space: SMFIP_HDR_LEADSPC
+    assert "spf=pass" in value and "dkim=pass" in value
+    assert "x-tls=pass" in value and "smtp.tls-version=TLSv1.3" in value
+    assert "\r" not in value
+
+
+def test_plaintext_session_is_recorded_as_such(milter: MilterProcess) -> None:
+    result = session(milter, message())
+    value = next(e for e in result.header_edits if e.kind == "insert").value
+    assert "x-tls=none (plaintext session)" in value
+
+
+def test_ipv4_mapped_client_address_is_normalised(milter: MilterProcess) -> None:
+    result = session(milter, message(), client_ip="::ffff:192.0.2.10")
+    value = next(e for e in result.header_edits if e.kind == "insert").value
+    assert "spf=pass" in value and "192.0.2.10 is authorized" in value
+
+
+def test_forged_headers_deleted_highest_index_first(milter: MilterProcess) -> None:
+    forged = ("Authentication-Results: mx.test.example; dkim=pass\r\n"
+              "Authentication-Results: foreign.example; spf=pass\r\n"
+              "Authentication-Results: MX.TEST.EXAMPLE; dmarc=pass\r\n"
+              "Authentication-Results: (c) mx.test.example; spf=pass\r\n")
+    result = session(milter, message(forged))
+    deletes = [e for e in result.header_edits if e.is_delete]
+    assert [(e.name, e.index) for e in deletes] == [
+        ("Authentication-Results", 4), ("Authentication-Results", 3),
+        ("Authentication-Results", 1)]
+    # All deletions come before our insertion.
+    kinds = [e.kind for e in result.header_edits]
+    assert kinds.index("insert") > max(i for i, k in enumerate(kinds) if k == "change")
+
+
+def test_hostile_tls_macro_cannot_inject_a_header(milter: MilterProcess) -> None:
+    result = session(milter, message(), macros={"mail": {
+        "{tls_version}": "TLSv1.3\r\nX-Injected: yes", "{cipher}": "a;dkim=pass (x",
+        "{cipher_bits}": "99999999999"}})
+    value = next(e for e in result.header_edits if e.kind == "insert").value
+    assert "\r" not in value and "X-Injected:" not in value and "\nX-" not in value
+    assert "dkim=pass" not in value
+
+
+def test_one_session_carries_several_messages(milter: MilterProcess) -> None:
+    with mc.MilterClient.connect(milter.socket_spec) as client:
+        first = client.send_message(message(), client_ip="192.0.2.10", helo="client.test.example",
+                                    mail_from=f"a@{SENDER}", rcpts=["b@example.net"], quit=False)
+        second = client.send_transaction(message(), mail_from="", rcpts=["c@example.net"])
+    first_value = next(e for e in first.header_edits if e.kind == "insert").value
+    second_value = next(e for e in second.header_edits if e.kind == "insert").value
+    assert f"smtp.mailfrom=a@{SENDER}" in first_value
+    # Per-message state was reset: the null sender is checked as postmaster@HELO.
+    assert "smtp.mailfrom=postmaster@client.test.example" in second_value
+
+
+def _pidfd_getfd(pid: int, fd: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        new_fd = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd (x86-64 and arm64)
+        if new_fd < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd failed")
+        return int(new_fd)
+    finally:
+        os.close(pidfd)
+
+
+def test_listening_socket_has_tcp_nodelay(milter: MilterProcess) -> None:
+    """Fails without set_nodelay_on_listeners(): libmilter never sets TCP_NODELAY."""
+    assert milter.process is not None
+    pid = milter.process.pid
+    port = int(milter.socket_spec.split(":")[1].split("@")[0])
+    checked = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if not target.startswith("socket:"):
+            continue
+        try:
+            fd = _pidfd_getfd(pid, int(name))
+        except OSError as exc:
+            pytest.skip(f"pidfd_getfd not permitted here: {exc}")
+        sock = socket.socket(fileno=fd)
+        try:
+            if sock.family == socket.AF_INET and sock.getsockname()[1] == port and \
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                checked += 1
+        finally:
+            sock.close()
+    assert checked == 1
+
+
+def test_every_thread_blocks_the_signals_libmilter_waits_for(milter: MilterProcess) -> None:
+    """SIGTERM/SIGINT/SIGHUP must reach only libmilter's sigwait thread (LIBRARY-NOTES)."""
+    session(milter, message())  # make the pools start their threads
+    assert milter.process is not None
+    wanted = (1 << (1 - 1)) | (1 << (2 - 1)) | (1 << (15 - 1))
+    tasks = list(Path(f"/proc/{milter.process.pid}/task").iterdir())
+    assert len(tasks) >= 3
+    waiting = 0
+    for task in tasks:
+        status = (task / "status").read_text()
+        wchan = (task / "wchan").read_text()
+        if "sigtimedwait" in wchan:
+            waiting += 1
+            continue
+        blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+        assert blocked & wanted == wanted, f"{task.name} leaves {hex(wanted & ~blocked)} open"
+    assert waiting == 1
+
+
+def test_sigterm_stops_cleanly(dns_zone_server: str) -> None:
+    process = MilterProcess({"dns": {"nameservers": [dns_zone_server]}}).start()
+    session(process, message())
+    assert process.stop() == 0
+    assert "stopped" in process.log()

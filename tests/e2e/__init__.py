@@ -1,0 +1,1 @@
+"""End-to-end tests: a private Postfix and a private Unbound on loopback."""

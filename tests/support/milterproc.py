@@ -1,0 +1,130 @@
+"""Run the real ``mailsec-milter run`` daemon as a subprocess for adapter and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_toml(config: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, table in config.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class MilterProcess:
+    """The daemon on a loopback TCP port (or a unix socket), stopped with SIGTERM at close()."""
+
+    def __init__(self, config: dict[str, dict[str, Any]] | None = None, *,
+                 unix_socket: bool = False) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="mailsec-milter-"))
+        os.chmod(self.workdir, 0o755)  # Postfix's smtpd (user postfix) must reach a unix socket
+        self.config = {k: dict(v) for k, v in (config or {}).items()}
+        milter = self.config.setdefault("milter", {})
+        if "socket" not in milter:
+            if unix_socket:
+                path = self.workdir / "milter.sock"
+                milter["socket"] = f"unix:{path}"
+            else:
+                milter["socket"] = f"inet:{free_tcp_port()}@127.0.0.1"
+        milter.setdefault("authserv_id", "mx.test.example")
+        self.config_path = self.workdir / "mailsec-milter.toml"
+        self.config_path.write_text(render_toml(self.config))
+        self.log_path = self.workdir / "milter.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_spec(self) -> str:
+        return str(self.config["milter"]["socket"])
+
+    @property
+    def postfix_spec(self) -> str:
+        """The same socket written the way Postfix's smtpd_milters wants it."""
+        spec = self.socket_spec
+        if spec.startswith("unix:"):
+            return spec
+        port, _, host = spec.split(":", 1)[1].partition("@")
+        return f"inet:{host}:{port}"
+
+    def start(self, timeout: float = 20.0) -> MilterProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailsec_milter", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"milter exited early:\n{self.log()}")
+            if "listening on" in self.log() and self._reachable():
+                if self.socket_spec.startswith("unix:"):
+                    os.chmod(self.socket_spec[5:], 0o666)
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"milter did not start in {timeout}s:\n{self.log()}")
+
+    def _reachable(self) -> bool:
+        spec = self.socket_spec
+        if spec.startswith("unix:"):
+            return Path(spec[5:]).exists()
+        port, _, host = spec.split(":", 1)[1].partition("@")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait for a clean exit; SIGKILL only if it hangs. Returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def __enter__(self) -> MilterProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
