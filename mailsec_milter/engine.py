@@ -63,7 +63,8 @@ class Analysis:
 class MessageRun:
     """One message's checks in flight. Created at MAIL FROM, finished at end of message."""
 
-    def __init__(self, engine: Engine, envelope: Envelope) -> None:
+    def __init__(self, engine: Engine, envelope: Envelope,
+                 helo_check: Future[SpfOutcome] | None = None) -> None:
         self._engine = engine
         self.envelope = envelope
         self._spf_mailfrom = engine._submit(
@@ -72,10 +73,8 @@ class MessageRun:
                                      engine.settings.authserv_id))
         self._spf_helo: Future[SpfOutcome] | None = None
         if engine.settings.spf_check_helo:
-            self._spf_helo = engine._submit(
-                "spf_helo", lambda: check_spf(engine._lookup(None), envelope.client_ip,
-                                              SpfIdentity.HELO, envelope.mail_from, envelope.helo,
-                                              engine.settings.authserv_id))
+            self._spf_helo = helo_check or engine.start_helo_check(envelope.client_ip,
+                                                                   envelope.helo)
 
     def saw_header(self, header: Header) -> None:
         """Start DNS work a header makes possible (DKIM key for each DKIM-Signature)."""
@@ -176,8 +175,18 @@ class Engine:
                 future.set_exception(exc)
             return future
 
-    def begin(self, envelope: Envelope) -> MessageRun:
-        return MessageRun(self, envelope)
+    def start_helo_check(self, client_ip: str | None, helo: str) -> Future[SpfOutcome]:
+        """SPF for the HELO identity, started as soon as the client said HELO/EHLO.
+
+        Its inputs are only the client IP and the HELO name, so one result serves every
+        message of the connection (until the next EHLO, e.g. after STARTTLS).
+        """
+        return self._submit("spf_helo", lambda: check_spf(
+            self._lookup(None), client_ip, SpfIdentity.HELO, "", helo, self.settings.authserv_id))
+
+    def begin(self, envelope: Envelope,
+              helo_check: Future[SpfOutcome] | None = None) -> MessageRun:
+        return MessageRun(self, envelope, helo_check)
 
     def analyse(self, snapshot: MessageSnapshot) -> Analysis:
         """Run every check for a complete snapshot (the offline ``check`` command, tests)."""

@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 import Milter
 
 from . import authres
+from .checks.spf import SpfOutcome
 from .config import Reply, Settings
 from .engine import Analysis, Engine, MessageRun
 from .model import Envelope, Header, MessageSnapshot, TlsInfo, normalise_ip
@@ -122,6 +124,7 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         self.client_ip: str | None = None
         self.client_name = ""
         self.helo_name = ""
+        self.helo_check: Future[SpfOutcome] | None = None
         self.message: _MessageState | None = None
 
     # --- negotiation -------------------------------------------------------------------------
@@ -151,6 +154,10 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
     @noreply
     def hello(self, hostname: str) -> int:
         self.helo_name = hostname or ""
+        self.helo_check = None
+        runtime = current_runtime()
+        if runtime.settings.spf_check_helo:
+            self.helo_check = runtime.engine.start_helo_check(self.client_ip, self.helo_name)
         return CONTINUE
 
     @noreply
@@ -165,7 +172,8 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
             sasl_user=self._macro("{auth_authen}"),
             tls=self._tls_info(),
         )
-        self.message = _MessageState(envelope, runtime.engine.begin(envelope), runtime, [], [])
+        run = runtime.engine.begin(envelope, self.helo_check)
+        self.message = _MessageState(envelope, run, runtime, [], [])
         return CONTINUE
 
     envfrom = _with_macros(envfrom, ENVFROM_MACROS)
