@@ -21,15 +21,26 @@ from .model import AuthResult, Header
 
 # RFC 2045 token characters: printable ASCII minus SPACE, CTLs and tspecials.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
-# RFC 8601 pvalue also allows an addr-spec ([local-part] "@" domain-name) unquoted.
-_ADDR = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]*@[A-Za-z0-9.\-]+$")
+# RFC 8601 pvalue also allows ``[local-part] "@" domain-name`` unquoted; we only leave it bare
+# when the local part is a dot-atom (RFC 5322 3.2.3) and the domain a plain LDH name.
+_ATEXT = r"[!#$%&'*+\-/=?^_`{|}~0-9A-Za-z]+"
+_ADDR = re.compile(
+    rf"^(?:{_ATEXT}(?:\.{_ATEXT})*)?@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$"
+)
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+HEADER_NAME = "Authentication-Results"
 
 
-def quote_value(text: str) -> str:
-    """A property value as a token, an addr-spec, or a quoted-string; never raw CR/LF/;."""
+def quote_value(text: str, address: bool = True) -> str:
+    """A value as a token, an addr-spec (``address=True``: a pvalue), or a quoted-string.
+
+    Never returns CR, LF, other controls or non-ASCII (each becomes ``?``), and a ``;`` or ``(``
+    only inside the quotes. ``address=False`` is for the places RFC 8601 wants a plain
+    ``value`` (authserv-id, ``reason=``), where an unquoted ``@`` is not allowed.
+    """
     clean = _UNPRINTABLE.sub("?", text)[:256]
-    if clean and (_TOKEN.match(clean) or _ADDR.match(clean)):
+    if clean and (_TOKEN.match(clean) or (address and _ADDR.match(clean))):
         return clean
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -56,38 +67,64 @@ class ResInfo:
         if self.comment:
             parts.append(comment(self.comment))
         if self.reason:
-            parts.append(f"reason={quote_value(self.reason)}")
+            parts.append(f"reason={quote_value(self.reason, address=False)}")
         parts.extend(f"{name}={quote_value(value)}" for name, value in self.properties if value)
         return parts
 
 
 def render(authserv_id: str, results: Sequence[ResInfo], width: int = 78) -> str:
-    """The header *value* (without ``Authentication-Results:``), folded at ``;`` and spaces.
+    """The header *value* (without ``Authentication-Results:``), folded to ``width`` columns.
 
-    No results at all renders ``id; none`` (RFC 8601 §2.2).
+    Each result starts a line of its own (``;`` + LF + TAB); a result longer than a line is
+    folded before a space that is already there, inside a comment or a quoted-string too, so
+    unfolding gives back exactly the unfolded text. Only a single word longer than the width
+    stays on an overlong line. No results at all renders ``id; none`` (RFC 8601 §2.2).
     """
-    head = quote_value(authserv_id)
+    head = quote_value(authserv_id, address=False)
     if not results:
         return f"{head}; none"
-    lines = [f"{head};"]
+    logical = [f"{head};"]
     for position, res in enumerate(results):
         last = position == len(results) - 1
-        lines.extend(_fold(res.render_parts(), width, ";" if not last else ""))
+        logical.append(" ".join(res.render_parts()) + ("" if last else ";"))
+    first = len(HEADER_NAME) + 2  # "Authentication-Results: " precedes the value
+    lines = ["\n".join(_fold(logical[0], width - first, width))]
+    lines += ["\n".join(_fold(text, width - 1, width)) for text in logical[1:]]  # after a TAB
     return "\n\t".join(lines)
 
 
-def _fold(parts: list[str], width: int, terminator: str) -> list[str]:
-    out: list[str] = []
-    current = ""
-    for part in parts:
-        candidate = f"{current} {part}" if current else part
-        if current and len(candidate) + 8 > width:
-            out.append(current)
-            current = part
+def _fold(text: str, first_limit: int, limit: int) -> list[str]:
+    """Split ``text`` before spaces so each piece fits its limit where a space allows it.
+
+    Every piece after the first starts with the space it was split before, followed by a
+    non-space: no line is white space only, and removing the line breaks restores ``text``.
+    """
+    breaks = [i for i in range(1, len(text) - 1) if _can_break(text, i)]
+    pieces: list[str] = []
+    start, room = 0, first_limit
+    while len(text) - start > room:
+        fitting = [i for i in breaks if start + 1 < i <= start + room]
+        later = [i for i in breaks if i > start + room]
+        if fitting:
+            cut = fitting[-1]
+        elif later:
+            cut = later[0]
         else:
-            current = candidate
-    out.append(current + terminator)
-    return out
+            break
+        pieces.append(text[start:cut])
+        start, room = cut, limit
+    pieces.append(text[start:])
+    return pieces
+
+
+def _can_break(text: str, i: int) -> bool:
+    """A space that starts folding white space: not escaped, and followed by a non-space."""
+    if text[i] != " " or text[i + 1] == " ":
+        return False
+    j = i
+    while j > 0 and text[j - 1] == "\\":
+        j -= 1
+    return (i - j) % 2 == 0
 
 
 def extract_authserv_id(value: str) -> str | None:
@@ -108,7 +145,9 @@ def extract_authserv_id(value: str) -> str | None:
                 j += 1
             buf.append(text[j])
             j += 1
-        return "".join(buf).strip() or None
+        if j < len(text):
+            return "".join(buf).strip() or None
+        i += 1  # unterminated quote: read what follows it as a token, as a lax reader would
     j = i
     while j < len(text) and text[j] not in ' \t;("':
         j += 1
@@ -183,7 +222,9 @@ def results_for(analysis: Analysis) -> list[ResInfo]:
         results.append(ResInfo("dkim", AuthResult.NONE.value, "message not signed"))
     tls = analysis.tls
     if tls.encrypted:
-        detail = f"{tls.version} with {tls.cipher}" + (f", {tls.bits} bits" if tls.bits else "")
+        detail = " with ".join(part for part in (tls.version, tls.cipher) if part) or "encrypted"
+        if tls.bits:
+            detail += f", {tls.bits} bits"
         if tls.verify:
             detail += f", verify={tls.verify}"
         props_tls = [("smtp.tls-version", tls.version), ("smtp.cipher", tls.cipher)]

@@ -23,6 +23,9 @@ from ..model import AuthResult, Header, MessageSnapshot
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: keys below 1024 bits must not be treated as valid
 ACCEPTED_ALGORITHMS = frozenset({"rsa-sha256", "ed25519-sha256"})
+# rsa-sha1 is still verified, so that a forgery reads `fail` and a genuine one `policy`
+# (RFC 8301 §3.1: never `pass`).
+VERIFIABLE_ALGORITHMS = ACCEPTED_ALGORITHMS | {"rsa-sha1"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class DkimOutcome:
 @dataclass(frozen=True)
 class DkimSettings:
     max_signatures: int = 10
-    allow_partial_body: bool = False  # l= shorter than the body: RFC 6376 §8.2 warns of appended content
+    # l= shorter than the body: RFC 6376 §8.2 warns of appended content
+    allow_partial_body: bool = False
 
 
 _TAG_RE = re.compile(rb"\s*([A-Za-z][A-Za-z0-9_]*)\s*=(.*)", re.S)
@@ -105,20 +109,37 @@ def check_dkim(lookup: Lookup, snapshot: MessageSnapshot, settings: DkimSettings
     headers = signature_headers(snapshot)
     if not headers:
         return DkimOutcome()
-    evaluated = headers[: settings.max_signatures]
-    try:
-        verifier = dkim.DKIM(snapshot.raw_message(), minkey=0)
-    except dkim.DKIMException as exc:
-        reason = f"message could not be parsed: {_short(exc)}"
-        return DkimOutcome(
-            tuple(_describe(h, AuthResult.PERMERROR, reason) for h in evaluated),
-            len(headers) - len(evaluated),
-        )
+    evaluated = headers[: max(0, settings.max_signatures)]
+    verifier = _verifier_for(snapshot)
     outcomes = tuple(
         _verify_one(verifier, index, header, lookup, settings)
         for index, header in enumerate(evaluated)
     )
     return DkimOutcome(outcomes, len(headers) - len(evaluated))
+
+
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def _crlf(data: bytes) -> bytes:
+    return _LINE_END.sub(b"\r\n", data)
+
+
+def _verifier_for(snapshot: MessageSnapshot) -> dkim.DKIM:
+    """A dkimpy verifier holding exactly the snapshot's fields, without re-parsing the message.
+
+    ``dkim.DKIM(raw)`` re-parses the text and refuses the whole message over one odd header name
+    (any byte outside ``[\\x21-\\x7e]``), which would turn every signature, valid ones included,
+    into permerror. We hand it the fields we already have, with line ends normalised to CRLF
+    exactly as its own parser does.
+    """
+    verifier = dkim.DKIM(None, minkey=0)
+    verifier.headers = [
+        [h.name.encode("ascii", errors="replace"), _crlf(h.raw_value) + b"\r\n"]
+        for h in snapshot.headers
+    ]
+    verifier.body = _crlf(snapshot.body)
+    return verifier
 
 
 def _describe(header: Header, result: AuthResult, comment: str,
@@ -151,17 +172,17 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
     if tags is None:
         return _describe(header, AuthResult.PERMERROR, "malformed signature tag list")
     algorithm = tags.get("a", b"").decode("ascii", errors="replace").strip().lower()
-    if algorithm == "rsa-sha1":
-        return _describe(header, AuthResult.POLICY, "rsa-sha1 is not acceptable (RFC 8301)")
-    if algorithm not in ACCEPTED_ALGORITHMS:
+    if algorithm not in VERIFIABLE_ALGORITHMS:
         return _describe(header, AuthResult.PERMERROR, f"unknown algorithm {algorithm[:30]!r}")
     try:
         prepared = verifier.verify_headerprep(idx=index)
-    except dkim.DKIMException as exc:
+    except Exception as exc:  # dkimpy parses attacker text: any crash is a bad signature
         return _describe(header, AuthResult.PERMERROR, f"invalid signature: {_short(exc)}")
     if not prepared:
         return _describe(header, AuthResult.PERMERROR, "signature not found")
     sig, include_headers, sig_headers = prepared
+    if b"from" not in include_headers:
+        return _describe(header, AuthResult.PERMERROR, "From is not signed (RFC 6376 5.4)")
     name = key_name(tags)
     if name is None:
         return _describe(header, AuthResult.PERMERROR, "no usable d= and s=")
@@ -178,11 +199,16 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
         return _describe(header, AuthResult.PERMERROR, "key revoked")
     try:
         pk, key_bits, ktag, seqtlsrpt = dkim.evaluate_pk(name.encode(), key_text)
-    except (dkim.DKIMException, ValueError, TypeError, IndexError) as exc:
+    except Exception as exc:  # garbage key text from DNS
         return _describe(header, AuthResult.PERMERROR, f"unusable key: {_short(exc)}")
+    if pk is None:  # evaluate_pk silently drops keys with an unknown s= service type
+        return _describe(header, AuthResult.PERMERROR, "key is not for email (s= tag)")
     key_type = ktag.decode() if isinstance(ktag, bytes) else str(ktag)
     if not algorithm.startswith(key_type + "-"):
         return _describe(header, AuthResult.PERMERROR, "key type does not match a=", key_bits)
+    problem = _key_restriction(key_tags or {}, algorithm, sig)
+    if problem:
+        return _describe(header, AuthResult.PERMERROR, problem, key_bits)
 
     verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = (
         pk, key_bits, ktag, seqtlsrpt,
@@ -195,11 +221,14 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
             return _describe(header, AuthResult.FAIL, "body hash did not verify", key_bits)
         return _describe(header, AuthResult.PERMERROR, f"invalid signature: {_short(exc)}",
                          key_bits)
-    except (dkim.DKIMException, ValueError, TypeError) as exc:
+    except Exception as exc:  # malformed b=/bh=/l=/c= or a key the crypto code refuses
         return _describe(header, AuthResult.PERMERROR, f"verification error: {_short(exc)}",
                          key_bits)
     if not valid:
         return _describe(header, AuthResult.FAIL, "signature did not verify", key_bits)
+    if algorithm == "rsa-sha1":
+        return _describe(header, AuthResult.POLICY,
+                         "signature verified, but rsa-sha1 is not acceptable (RFC 8301)", key_bits)
     if key_type == "rsa" and key_bits is not None and key_bits < MIN_RSA_BITS:
         return _describe(header, AuthResult.POLICY,
                          f"{key_bits}-bit RSA key is below {MIN_RSA_BITS} (RFC 8301)", key_bits)
@@ -209,6 +238,21 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
             return _describe(header, AuthResult.POLICY,
                              f"l= leaves {unsigned} body bytes unsigned", key_bits)
     return _describe(header, AuthResult.PASS, f"{key_bits}-bit key" if key_bits else "", key_bits)
+
+
+def _key_restriction(key_tags: dict[str, bytes], algorithm: str, sig: dict[bytes, bytes]) -> str:
+    """Why the key record refuses this signature (RFC 6376 3.6.1 h= and t=s), or ''."""
+    allowed = key_tags.get("h")
+    if allowed is not None:
+        hashes = {h.strip().lower() for h in allowed.split(b":")}
+        if algorithm.rpartition("-")[2].encode() not in hashes:
+            return "key h= does not allow the signature's hash"
+    flags = {f.strip().lower() for f in key_tags.get("t", b"").split(b":")}
+    if b"s" in flags and b"i" in sig:
+        identity_domain = sig[b"i"].rpartition(b"@")[2].lower().rstrip(b".")
+        if identity_domain != sig.get(b"d", b"").lower().rstrip(b"."):
+            return "key t=s forbids an i= subdomain of d="
+    return ""
 
 
 def _unsigned_body_bytes(verifier: dkim.DKIM, sig: dict[bytes, bytes]) -> int:
