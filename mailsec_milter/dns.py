@@ -10,6 +10,7 @@ other than through the injected observer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -17,12 +18,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
@@ -60,12 +62,15 @@ class DnsResult:
     ttl: int = 0
 
     def texts(self) -> list[bytes]:
-        """TXT records with their character-strings concatenated (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
-        return [b"".join(r) for r in self.records if isinstance(r, tuple) and _is_txt(r)]
+        """TXT records with their character-strings concatenated.
+
+        See RFC 7208 §3.3 and RFC 6376 §3.6.2.2.
+        """
+        return [b"".join(r) for r in self.records if _is_txt(r)]
 
 
-def _is_txt(record: tuple[object, ...]) -> bool:
-    return all(isinstance(part, bytes) for part in record)
+def _is_txt(record: Record) -> TypeGuard[TxtRecord]:
+    return isinstance(record, tuple) and all(isinstance(part, bytes) for part in record)
 
 
 class Deadline:
@@ -117,26 +122,41 @@ def normalise_name(name: str) -> str:
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
-    """Parse ``"IP"``, ``"IP:PORT"``, ``"[IPv6]:PORT"`` or a bare IPv6 address into (ip, port)."""
+    """Parse ``"IP"``, ``"IP:PORT"``, ``"[IPv6]"``, ``"[IPv6]:PORT"`` or a bare IPv6 address
+    into (ip, port). A bare IPv6 address never carries a port (``"::1:53"`` is an address):
+    write ``"[::1]:53"``. Raises ValueError naming the text."""
     import ipaddress
 
     value = text.strip()
-    port = 53
+    port_text = ""
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad nameserver {text!r}: expected [IPv6] or [IPv6]:PORT")
         if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad nameserver {text!r}")
-            port = int(rest[1:])
+            port_text = rest[1:]
+            if not port_text:
+                raise ValueError(f"bad nameserver {text!r}: empty port")
     elif value.count(":") == 1:
         host, _, port_text = value.partition(":")
-        port = int(port_text)
+        if not port_text:
+            raise ValueError(f"bad nameserver {text!r}: empty port")
     else:
         host = value
-    ipaddress.ip_address(host)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad nameserver {text!r}: {host!r} is not an IP address") from None
+    if value.startswith("[") and address.version != 6:
+        raise ValueError(f"bad nameserver {text!r}: brackets are for IPv6 addresses")
+    port = 53
+    if port_text:
+        if not port_text.isdigit():
+            raise ValueError(f"bad nameserver {text!r}: port {port_text!r} is not a number")
+        port = int(port_text)
     if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {text!r}")
-    return host, port
+        raise ValueError(f"bad nameserver {text!r}: port out of range 1..65535")
+    return str(address), port
 
 
 class _TtlCache:
@@ -222,11 +242,13 @@ class CachingResolver:
             except RuntimeError:  # pool shut down during reload/stop: the lookup runs later
                 return
             self._inflight[key] = future
-        future.add_done_callback(lambda _f, k=key: self._forget(k))
 
-    def _forget(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._inflight.pop(key, None)
+        def forget(done: Future[DnsResult]) -> None:
+            with self._lock:
+                if self._inflight.get(key) is done:
+                    del self._inflight[key]
+
+        future.add_done_callback(forget)
 
     def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult:
         key = (normalise_name(name), rdtype.upper())
@@ -240,7 +262,13 @@ class CachingResolver:
             return DnsResult(key[0], key[1], DnsOutcome.TIMEOUT)
         with self._lock:
             future = self._inflight.get(key)
-        if future is not None:
+        if future is None:
+            # A prefetch may have finished between the first cache look and the in-flight look:
+            # it stores its answer before it leaves the in-flight table, so look once more.
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        else:
             try:
                 return future.result(timeout=budget)
             except Exception:  # the shared lookup took too long for this message
@@ -254,7 +282,9 @@ class CachingResolver:
         except Exception:  # a backend bug must not become "no record"
             result = DnsResult(key[0], key[1], DnsOutcome.SERVFAIL)
         if self._observer is not None:
-            self._observer(key[1], result.outcome, self._clock() - started)
+            # A broken metrics hook must not turn an answer into a failed check.
+            with contextlib.suppress(Exception):
+                self._observer(key[1], result.outcome, self._clock() - started)
         self._cache.put(key, result, self._ttl_for(result))
         return result
 
@@ -273,9 +303,12 @@ class _DnspythonBackend:
     def __init__(self, settings: ResolverSettings) -> None:
         if settings.nameservers:
             resolver = dns.resolver.Resolver(configure=False)
-            servers = [parse_nameserver(n) for n in settings.nameservers]
-            resolver.nameservers = [host for host, _ in servers]
-            resolver.nameserver_ports = {host: port for host, port in servers}
+            # Nameserver objects, not address strings + nameserver_ports: one address may then
+            # appear with different ports (two local resolvers on 127.0.0.1).
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port)
+                for host, port in map(parse_nameserver, settings.nameservers)
+            ]
         else:
             resolver = dns.resolver.Resolver(configure=True)
         # No search list, no domain suffix: mail identities are always absolute names.
@@ -320,7 +353,9 @@ class _DnspythonBackend:
                 records.append(rdata.target.to_text(True))
             elif qtype == "TXT":
                 records.append(tuple(bytes(s) for s in rdata.strings))
-        return DnsResult(name, rdtype, DnsOutcome.ANSWER, tuple(records), answer.rrset.ttl)
+        # The smallest TTL along a CNAME chain bounds how long the answer may be kept.
+        ttl = min(int(answer.rrset.ttl), int(answer.chaining_result.minimum_ttl))
+        return DnsResult(name, rdtype, DnsOutcome.ANSWER, tuple(records), ttl)
 
 
 def _soa_minimum(response: dns.message.Message | None) -> int:
@@ -333,13 +368,13 @@ def _soa_minimum(response: dns.message.Message | None) -> int:
 
 
 def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> int:
-    try:
-        responses = exc.responses()
-    except Exception:
-        return 0
+    responses: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses") or {}
     for response in responses.values():
         return _soa_minimum(response)
     return 0
+
+
+_MAX_CNAME_CHAIN = 16  # dnspython's MAX_CHAIN: a longer chain raises ChainTooLong (→ SERVFAIL)
 
 
 class StaticResolver:
@@ -354,7 +389,9 @@ class StaticResolver:
         broken.example.    TXT  SERVFAIL     ; the server fails
 
     Names without records of the asked type but with other records give NODATA; unknown names
-    give NXDOMAIN. Every query is counted in ``queries`` so tests can assert lookup limits.
+    give NXDOMAIN. CNAMEs are followed for other types, as a recursive resolver does (a loop or
+    a chain longer than 16 gives SERVFAIL). Every query is counted in ``queries`` so tests can
+    assert lookup limits.
     """
 
     def __init__(self, records: Sequence[DnsResult] = ()) -> None:
@@ -370,7 +407,7 @@ class StaticResolver:
         return cls(parse_zone_text(text))
 
     def _add(self, result: DnsResult) -> None:
-        key = (normalise_name(result.name), result.rdtype)
+        key = (normalise_name(result.name), result.rdtype.upper())
         existing = self._by_key.get(key)
         if existing is not None and existing.outcome is DnsOutcome.ANSWER:
             result = DnsResult(
@@ -392,16 +429,31 @@ class StaticResolver:
             self.queries.append(key)
         if deadline is not None and deadline.expired:
             return DnsResult(key[0], key[1], DnsOutcome.TIMEOUT)
-        found = self._by_key.get(key)
-        if found is not None:
-            return DnsResult(key[0], key[1], found.outcome, found.records, found.ttl)
-        if key[0] in self._names:
-            return DnsResult(key[0], key[1], DnsOutcome.NODATA)
-        return DnsResult(key[0], key[1], DnsOutcome.NXDOMAIN)
+        name, rdtype = key
+        seen = {name}
+        for _ in range(_MAX_CNAME_CHAIN):
+            found = self._by_key.get((name, rdtype))
+            if found is not None:
+                return DnsResult(key[0], rdtype, found.outcome, found.records, found.ttl)
+            alias = None if rdtype == "CNAME" else self._by_key.get((name, "CNAME"))
+            if alias is None:
+                break
+            if alias.outcome is not DnsOutcome.ANSWER or not alias.records:
+                return DnsResult(key[0], rdtype, alias.outcome)
+            # Follow the alias as a recursive resolver does; a loop is a server failure.
+            name = str(alias.records[0])
+            if name in seen:
+                return DnsResult(key[0], rdtype, DnsOutcome.SERVFAIL)
+            seen.add(name)
+        else:
+            return DnsResult(key[0], rdtype, DnsOutcome.SERVFAIL)
+        if name in self._names:
+            return DnsResult(key[0], rdtype, DnsOutcome.NODATA)
+        return DnsResult(key[0], rdtype, DnsOutcome.NXDOMAIN)
 
 
 def parse_zone_text(text: str) -> list[DnsResult]:
-    """Parse the small zone dialect documented on StaticResolver. Raises ValueError with the line."""
+    """Parse the zone dialect documented on StaticResolver. Raises ValueError naming the line."""
     results: list[DnsResult] = []
     for number, raw_line in enumerate(text.splitlines(), 1):
         line = _strip_comment(raw_line).strip()
@@ -417,10 +469,15 @@ def parse_zone_text(text: str) -> list[DnsResult]:
 def _strip_comment(line: str) -> str:
     out: list[str] = []
     quoted = False
+    escaped = False
     for char in line:
-        if char == '"':
+        if escaped:  # the character after a backslash inside quotes is data (``\"``)
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
             quoted = not quoted
-        if not quoted and char in ";#":
+        elif not quoted and char in ";#":
             break
         out.append(char)
     return "".join(out)
@@ -452,7 +509,10 @@ def _parse_zone_line(line: str) -> DnsResult:
     else:
         import ipaddress
 
-        record = str(ipaddress.ip_address(rdata))
+        address = ipaddress.ip_address(rdata)
+        if address.version != (4 if rdtype == "A" else 6):
+            raise ValueError(f"{rdata} is not an {'IPv4' if rdtype == 'A' else 'IPv6'} address")
+        record = str(address)
     return DnsResult(normalise_name(name), rdtype, DnsOutcome.ANSWER, (record,), ttl)
 
 

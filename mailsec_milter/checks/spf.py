@@ -8,6 +8,7 @@ Must not: decide a verdict, log, or reach DNS except through the Lookup it is gi
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,7 +17,7 @@ from typing import Any
 import spf
 
 from ..dns import DnsResult, Lookup
-from ..model import AuthResult
+from ..model import AuthResult, normalise_ip
 
 
 class SpfIdentity(StrEnum):
@@ -58,11 +59,36 @@ def _dns_lookup_bridge(name: str, qtype: str, strict: Any = True, timeout: Any =
         raise spf.TempError("DNS lookup outside an SPF check")
     result: DnsResult = lookup.query(name, qtype)
     if result.outcome.is_temporary:
-        raise spf.TempError(f"DNS {result.outcome.value} for {name} {qtype}")
+        raise spf.TempError(f"DNS {result.outcome.value}")
     return [((name, qtype), record) for record in result.records]
 
 
 spf.DNSLookup = _dns_lookup_bridge
+
+
+class _Query(spf.query):  # type: ignore[misc]  # pyspf is untyped
+    """pyspf's query with RFC 7208 §5.5's DNS-error rules for "ptr" and %{p}.
+
+    pyspf lets a DNS error during PTR validation end the whole check as temperror. §5.5 says:
+    an error on the PTR lookup makes the mechanism not match, and an error on the A/AAAA lookup
+    of one PTR name skips that name. (pyspf's own test DNS hides this: it follows CNAMEs
+    itself and treats a CNAME loop as no data; a real resolver answers SERVFAIL.)
+    """
+
+    def validated_ptrs(self) -> list[str]:
+        try:
+            names: list[str] = self.dns_ptr(self.i)
+        except spf.TempError:
+            return []
+        validated: list[str] = []
+        for name in names[: spf.MAX_PTR]:  # §4.6.4: at most 10 PTR names are looked up
+            try:
+                addresses = self.dns_a(name, self.A)
+            except spf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
 
 
 def _is_ip_literal(helo: str) -> bool:
@@ -103,31 +129,53 @@ def check_spf(
     reported = helo.strip() if identity is SpfIdentity.HELO else sender
     if client_ip is None:
         return SpfOutcome(identity, AuthResult.NONE, reported, domain, "no client IP address")
+    try:
+        ip = normalise_ip(client_ip)  # ::ffff:a.b.c.d is evaluated as a.b.c.d (RFC 7208 §5)
+    except ValueError:
+        return SpfOutcome(identity, AuthResult.NONE, reported, domain,
+                          "client address is not an IP address")
     if identity is SpfIdentity.HELO and not helo_is_checkable(helo):
         return SpfOutcome(identity, AuthResult.NONE, reported, domain, "HELO is not a domain name")
-    if not domain or "." not in domain:
+    if not helo_is_checkable(domain):
+        # RFC 7208 §4.3: not a multi-label domain name (incl. a domain literal, or a null
+        # sender's HELO that is not a name) → "none", without asking DNS about it.
         return SpfOutcome(identity, AuthResult.NONE, reported, domain, "no domain to check")
-    query = spf.query(i=client_ip, s=sender, h=helo or "unknown", receiver=receiver or "unknown",
-                      strict=True, querytime=0)
+    query = _Query(i=ip, s=sender, h=helo or "unknown", receiver=receiver or "unknown",
+                   strict=True, querytime=0)
+    previous = getattr(_active, "lookup", None)
     _active.lookup = lookup
     try:
-        code, _smtp_code, explanation = query.check()
+        code, _smtp_code, _explanation = query.check()
     finally:
-        _active.lookup = None
+        _active.lookup = previous
     result = _PYSPF_RESULTS.get(str(code).lower(), AuthResult.PERMERROR)
-    comment = _comment(result, domain, client_ip, str(explanation or ""))
+    comment = _comment(result, domain, ip, str(getattr(query, "prob", "") or ""))
     return SpfOutcome(identity, result, reported, domain, comment)
 
 
-def _comment(result: AuthResult, domain: str, client_ip: str, explanation: str) -> str:
-    """A short human comment; the record's own explanation text is never copied (it is the
-    sender's, unvetted text: it goes to the log, not into our header)."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9 ._-]")
+
+
+def _safe(text: str, limit: int) -> str:
+    """Only letters, digits, space, dot, hyphen and underscore; at most ``limit`` characters."""
+    return " ".join(_UNSAFE.sub(" ", text).split())[:limit].strip()
+
+
+def _comment(result: AuthResult, domain: str, client_ip: str, problem: str) -> str:
+    """A short human comment built from our own words only.
+
+    Never copied: the record's ``exp=`` explanation and the variable part of pyspf's error
+    messages (the offending term, after the colon) — both are the sender's unvetted text. The
+    domain and pyspf's fixed wording are reduced to a safe character set.
+    """
+    name = _safe(domain, 253) or "domain"
     if result is AuthResult.PASS:
-        return f"{domain}: {client_ip} is authorized"
+        return f"{name}: {client_ip} is authorized"
     if result in (AuthResult.FAIL, AuthResult.SOFTFAIL, AuthResult.NEUTRAL):
-        return f"{domain}: {client_ip} is not authorized"
+        return f"{name}: {client_ip} is not authorized"
     if result is AuthResult.NONE:
-        return f"{domain}: no SPF record"
+        return f"{name}: no SPF record"
     if result is AuthResult.TEMPERROR:
-        return f"{domain}: DNS lookup failed temporarily"
-    return f"{domain}: {explanation[:120]}" if explanation else f"{domain}: invalid SPF record"
+        return f"{name}: DNS lookup failed temporarily"
+    reason = _safe(problem.split(":", 1)[0], 80)
+    return f"{name}: {reason}" if reason else f"{name}: invalid SPF record"
