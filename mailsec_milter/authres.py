@@ -15,9 +15,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .checks.dmarc import DmarcOutcome
 from .checks.spf import SpfIdentity
 from .engine import Analysis
 from .model import AuthResult, Header
+from .policy import Verdict
 
 # RFC 2045 token characters: printable ASCII minus SPACE, CTLs and tspecials.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
@@ -202,7 +204,7 @@ def forged_indices(headers: Iterable[Header], ours: str, include_subdomains: boo
     return sorted(found, reverse=True)
 
 
-def results_for(analysis: Analysis) -> list[ResInfo]:
+def results_for(analysis: Analysis, verdict: Verdict | None = None) -> list[ResInfo]:
     """Map an Analysis to A-R entries with the registered property names (RFC 8601 §2.7)."""
     results: list[ResInfo] = []
     for spf in (analysis.spf_mailfrom, analysis.spf_helo):
@@ -220,6 +222,8 @@ def results_for(analysis: Analysis) -> list[ResInfo]:
         results.append(ResInfo("dkim", sig.result.value, sig.comment, tuple(props)))
     if not analysis.dkim.signatures:
         results.append(ResInfo("dkim", AuthResult.NONE.value, "message not signed"))
+    if analysis.dmarc is not None:
+        results.append(_dmarc_result(analysis.dmarc, verdict))
     tls = analysis.tls
     if tls.encrypted:
         detail = " with ".join(part for part in (tls.version, tls.cipher) if part) or "encrypted"
@@ -234,3 +238,34 @@ def results_for(analysis: Analysis) -> list[ResInfo]:
     else:
         results.append(ResInfo("x-tls", tls.result.value, "plaintext session"))
     return results
+
+
+def _dmarc_result(dmarc: DmarcOutcome, verdict: Verdict | None) -> ResInfo:
+    """``dmarc=`` with the published policy and the evaluated and applied dispositions.
+
+    Property names: ``policy.published-domain-policy``, ``policy.evaluated-disposition``,
+    ``policy.applied-disposition`` and ``policy.override-reason``, as authentication_milter and
+    RFC 7489 §7.2 (PolicyOverrideType) name them; documented in docs/POLICY.md.
+    """
+    notes: list[str] = []
+    if dmarc.policy is not None:
+        notes.append(f"p={dmarc.policy.value}" + (" t=y" if dmarc.testing else ""))
+    if verdict is not None and verdict.applied_disposition:
+        notes.append(f"dis={verdict.applied_disposition}")
+    if verdict is not None and verdict.dry_run_action is not None:
+        notes.append(f"dry run: would {verdict.dry_run_action.value}")
+    if verdict is not None and verdict.override_detail:
+        notes.append(verdict.override_detail)
+    if dmarc.result is not AuthResult.PASS and dmarc.reason:
+        notes.append(dmarc.reason)
+    props: list[tuple[str, str]] = [("header.from", dmarc.header_from)]
+    if dmarc.policy is not None:
+        props.append(("policy.published-domain-policy", dmarc.policy.value))
+    if verdict is not None:
+        if verdict.evaluated_disposition:
+            props.append(("policy.evaluated-disposition", verdict.evaluated_disposition))
+        if verdict.applied_disposition:
+            props.append(("policy.applied-disposition", verdict.applied_disposition))
+        if verdict.override_reason is not None:
+            props.append(("policy.override-reason", verdict.override_reason.value))
+    return ResInfo("dmarc", dmarc.result.value, "; ".join(notes), tuple(props))

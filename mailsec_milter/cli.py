@@ -137,21 +137,21 @@ def _check(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(max_workers=4) as pool:
         engine = Engine(settings, resolver, pool)
         analysis = engine.analyse(MessageSnapshot(envelope, headers, body))
-    verdict = decide(analysis, settings)
-    header = render(settings.authserv_id, results_for(analysis))
+    verdict = decide(analysis, envelope, settings)
+    header = render(settings.authserv_id, results_for(analysis, verdict))
     if args.json:
         print(json.dumps({
             "authentication_results": header,
-            "verdict": {"action": verdict.action.value, "reason": verdict.reason.value,
-                        "reply": asdict(verdict.reply) if verdict.reply else None,
-                        "detail": verdict.detail},
+            "verdict": _jsonable(asdict(verdict)),
             "results": _jsonable(asdict(analysis)),
         }, indent=2))
     else:
         print(f"Authentication-Results: {header}")
         print(f"verdict: {verdict.action.value} (reason: {verdict.reason.value})"
               + (f" {verdict.reply.code} {verdict.reply.status} {verdict.reply.text}"
-                 if verdict.reply else ""))
+                 if verdict.reply else "")
+              + (f" [dry run: would {verdict.dry_run_action.value}]"
+                 if verdict.dry_run_action else ""))
     return 0
 
 

@@ -8,8 +8,10 @@ Must not: open sockets, resolve names, or read anything but the file it is given
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import socket
+import string
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +123,63 @@ def _socket(value: Any) -> str:
     return parse_socket_spec(_str(value))
 
 
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return value
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for item in _string_list(value):
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (use CIDR, e.g. 192.0.2.0/24)") from None
+    return tuple(out)
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+                     r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def _domain(text: str) -> str:
+    name = text.strip().rstrip(".").lower()
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{text!r} is not a domain name") from None
+    if not _DOMAIN.match(name):
+        raise ValueError(f"{text!r} is not a domain name")
+    return name
+
+
+def _domains(value: Any) -> frozenset[str]:
+    return frozenset(_domain(v) for v in _string_list(value))
+
+
+DOMAIN_ACTIONS = ("reject", "quarantine", "never_reject", "accept")
+
+
+def _domain_overrides(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError('expected a table like { "example.com" = "reject" }')
+    out = []
+    for domain, action in value.items():
+        if action not in DOMAIN_ACTIONS:
+            raise ValueError(f"{domain}: expected one of {', '.join(DOMAIN_ACTIONS)}, "
+                             f"got {action!r}")
+        out.append((_domain(domain), action))
+    return tuple(sorted(out))
+
+
+def _header_name(value: Any) -> str:
+    name = _str(value)
+    if not re.match(r"^[!-9;-~]+$", name):
+        raise ValueError(f"{name!r} is not a header field name")
+    return name
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: where it lives, its TOML default, how to read it, what it means."""
@@ -177,8 +236,55 @@ KEYS: tuple[Key, ...] = (
     Key("dkim", "allow_partial_body", False, _bool,
         "Accept signatures whose l= leaves part of the body unsigned (RFC 6376 §8.2 risk).",
         "bool"),
+    Key("dmarc", "enabled", True, _bool,
+        "Evaluate DMARC for every author domain of the From header(s).", "bool"),
+    Key("dmarc", "mode", "rfc9989", _choice("rfc9989", "rfc7489"),
+        "rfc9989: policy discovery by the DNS tree walk; rfc7489: the public suffix list finds "
+        "the organizational domain and pct= is honoured.", "choice"),
+    Key("dmarc", "public_suffix_list", "", _str,
+        "rfc7489 mode: path of a public_suffix_list.dat; empty means the copy shipped with the "
+        "publicsuffixlist package.", "path"),
+    Key("policy", "dry_run", False, _bool,
+        "Decide, log and count, but always accept (the header records the would-be verdict).",
+        "bool"),
+    Key("policy", "trusted_networks", [], _networks,
+        "Client networks (CIDR) whose mail is checked and stamped but never enforced.",
+        "list of CIDRs"),
+    Key("policy", "skip_authenticated", True, _bool,
+        "Never enforce on SASL-authenticated clients ({auth_authen}): a domain's own users "
+        "must not be rejected by their own p=reject.", "bool"),
+    Key("policy", "domain_overrides", {}, _domain_overrides,
+        "Per author domain: \"reject\" or \"quarantine\" (act on a DMARC fail even under "
+        "p=none), \"never_reject\" (at most quarantine), \"accept\" (never act).",
+        "table of domain = action"),
+    Key("policy", "downgrade_reject", False, _bool,
+        "Quarantine where the sender's policy says reject.", "bool"),
+    Key("policy", "reject_on_spf_fail", False, _bool,
+        "Reject SPF fail (MAIL FROM) when DMARC did not pass (RFC 7208 §8.4; off by default).",
+        "bool"),
+    Key("policy", "tls_required_domains", [], _domains,
+        "Author domains whose mail must arrive over TLS; plaintext is rejected.",
+        "list of domains"),
+    Key("policy", "quarantine_method", "hold", _choice("hold", "tag", "both"),
+        "hold: the milter quarantine action (Postfix hold queue); tag: add quarantine_header "
+        "for downstream filtering; both.", "choice"),
+    Key("policy", "quarantine_header", "X-Mailsec-Quarantine", _header_name,
+        "Header added by quarantine_method tag (incoming copies are removed).", "header name"),
     Key("policy", "on_internal_error", "tempfail", _choice("tempfail", "accept"),
         "Verdict when a check crashed: tempfail (the sender retries) or accept.", "choice"),
+    Key("policy", "on_dns_temperror", "tempfail", _choice("tempfail", "accept"),
+        "Verdict when a DNS temperror could change the verdict (e.g. the DMARC record of the "
+        "author domain could not be fetched).", "choice"),
+    Key("policy", "reject_reply",
+        "550 5.7.1 Rejected by the DMARC policy of {domain}: {failed}", _str,
+        "SMTP reply for a DMARC reject (5xx with 5.x.x); {domain} and {failed} are filled in.",
+        "reply"),
+    Key("policy", "spf_reject_reply",
+        "550 5.7.23 SPF check failed for {domain}: {failed}", _str,
+        "SMTP reply for reject_on_spf_fail (RFC 7372 5.7.23).", "reply"),
+    Key("policy", "tls_reject_reply",
+        "550 5.7.10 Mail from {domain} must arrive over TLS", _str,
+        "SMTP reply for tls_required_domains (RFC 5248 5.7.10).", "reply"),
     Key("policy", "tempfail_reply", "451 4.7.0 Temporary authentication failure, try again later",
         _str, "SMTP reply for a tempfail verdict (a 4xx code with a 4.x.x status).", "reply"),
     Key("log", "level", "info", _choice("debug", "info", "warning", "error"),
@@ -208,6 +314,22 @@ def parse_reply(value: Any, expect_class: str) -> Reply:
     return Reply(code, status, message)
 
 
+REPLY_KEYS = {"reject_reply": "5", "spf_reject_reply": "5", "tls_reject_reply": "5",
+              "tempfail_reply": "4"}
+TEMPLATE_FIELDS = frozenset({"domain", "failed"})
+
+
+def _check_template(text: str) -> None:
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    unknown = fields - TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; "
+                         f"use {{domain}} or {{failed}}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed, frozen settings; build with ``load_settings`` or ``Settings.defaults()``."""
@@ -226,9 +348,29 @@ class Settings:
     spf_check_helo: bool
     dkim_max_signatures: int
     dkim_allow_partial_body: bool
+    dmarc_enabled: bool
+    dmarc_mode: str
+    dmarc_public_suffix_list: str
+    dry_run: bool
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    skip_authenticated: bool
+    domain_overrides: tuple[tuple[str, str], ...]
+    downgrade_reject: bool
+    reject_on_spf_fail: bool
+    tls_required_domains: frozenset[str]
+    quarantine_method: str
+    quarantine_header: str
     on_internal_error: str
+    on_dns_temperror: str
+    reject_reply: Reply
+    spf_reject_reply: Reply
+    tls_reject_reply: Reply
     tempfail_reply: Reply
     log_level: str
+
+    def domain_override(self, domain: str) -> str | None:
+        """The operator's override for an author domain, if any (exact domain match)."""
+        return dict(self.domain_overrides).get(domain.lower().rstrip("."))
 
     @classmethod
     def defaults(cls) -> Settings:
@@ -236,7 +378,8 @@ class Settings:
 
 
 def _field_name(key: Key) -> str:
-    prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "log": "log_"}.get(key.section, "")
+    prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "dmarc": "dmarc_",
+              "log": "log_"}.get(key.section, "")
     if key.section == "dns" and key.name == "nameservers":
         return "nameservers"
     return prefix + key.name
@@ -265,10 +408,12 @@ def settings_from_mapping(data: dict[str, Any], hostname: Callable[[], str] = so
             values[_field_name(key)] = key.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{key.dotted}: {exc}") from None
-    try:
-        values["tempfail_reply"] = parse_reply(values["tempfail_reply"], "4")
-    except ValueError as exc:
-        raise ConfigError(f"[policy] tempfail_reply: {exc}") from None
+    for name, expect in REPLY_KEYS.items():
+        try:
+            values[name] = parse_reply(values[name], expect)
+            _check_template(values[name].text)
+        except ValueError as exc:
+            raise ConfigError(f"[policy] {name}: {exc}") from None
     if not values["authserv_id"]:
         values["authserv_id"] = hostname() or "localhost"
     elif not re.match(r"^[A-Za-z0-9.\-_]+$", values["authserv_id"]):
@@ -305,6 +450,9 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -16,8 +16,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from .addresses import author_domains
 from .checks.dkim import DkimOutcome, DkimSettings, DkimSignatureOutcome, check_dkim, key_name
 from .checks.dkim import parse_tag_list as parse_dkim_tags
+from .checks.dmarc import DmarcOutcome, DmarcSettings, check_dmarc
 from .checks.spf import SpfIdentity, SpfOutcome, check_spf
 from .checks.tls import TlsOutcome, check_tls
 from .config import Settings
@@ -45,6 +47,7 @@ class Analysis:
     spf_helo: SpfOutcome | None
     dkim: DkimOutcome
     tls: TlsOutcome
+    dmarc: DmarcOutcome | None = None
     errors: tuple[CheckError, ...] = ()
     check_seconds: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
@@ -57,6 +60,8 @@ class Analysis:
             names.append("spf_helo")
         if any(s.result is AuthResult.TEMPERROR for s in self.dkim.signatures):
             names.append("dkim")
+        if self.dmarc is not None and self.dmarc.result is AuthResult.TEMPERROR:
+            names.append("dmarc")
         return names
 
 
@@ -68,7 +73,7 @@ class MessageRun:
         self._engine = engine
         self.envelope = envelope
         self._spf_mailfrom = engine._submit(
-            "spf", lambda: check_spf(engine._lookup(None), envelope.client_ip,
+            "spf", lambda: check_spf(engine._lookup(engine.new_deadline()), envelope.client_ip,
                                      SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
                                      engine.settings.authserv_id))
         self._spf_helo: Future[SpfOutcome] | None = None
@@ -77,12 +82,17 @@ class MessageRun:
                                                                    envelope.helo)
 
     def saw_header(self, header: Header) -> None:
-        """Start DNS work a header makes possible (DKIM key for each DKIM-Signature)."""
-        if header.name.lower() == "dkim-signature":
+        """Start DNS work a header makes possible: the DKIM key of each DKIM-Signature, the
+        DMARC record of each From domain (the first name of its discovery)."""
+        lowered = header.name.lower()
+        if lowered == "dkim-signature":
             tags = parse_dkim_tags(header.raw_value)
             name = key_name(tags) if tags else None
             if name:
                 self._engine.resolver.prefetch(name, "TXT")
+        elif lowered == "from" and self._engine.settings.dmarc_enabled:
+            for domain in author_domains([header.value]).domains[:4]:
+                self._engine.resolver.prefetch(f"_dmarc.{domain}", "TXT")
 
     def finish(self, snapshot: MessageSnapshot, body_too_large: bool = False) -> Analysis:
         """Collect everything within the message deadline and return the Analysis."""
@@ -107,7 +117,16 @@ class MessageRun:
         timings.append(("dkim", engine.clock() - started))
         tls = _isolate("tls", errors, lambda: check_tls(snapshot.envelope.tls),
                        lambda: TlsOutcome(AuthResult.TEMPERROR))
-        return Analysis(spf_mailfrom, spf_helo, dkim, tls, tuple(errors), tuple(timings))
+        dmarc = None
+        if engine.settings.dmarc_enabled:
+            started = engine.clock()
+            dmarc = _isolate("dmarc", errors, lambda: check_dmarc(
+                engine._lookup(deadline),
+                author_domains([h.value for h in snapshot.headers_named("From")]),
+                spf_mailfrom, dkim, engine.dmarc_settings),
+                lambda: DmarcOutcome(AuthResult.TEMPERROR, reason="internal error"))
+            timings.append(("dmarc", engine.clock() - started))
+        return Analysis(spf_mailfrom, spf_helo, dkim, tls, dmarc, tuple(errors), tuple(timings))
 
     def _collect(self, name: str, future: Future[SpfOutcome], deadline: Deadline,
                  errors: list[CheckError], fallback: Callable[[], SpfOutcome]) -> SpfOutcome:
@@ -160,6 +179,16 @@ class Engine:
         self.clock = clock
         self.dkim_settings = DkimSettings(settings.dkim_max_signatures,
                                           settings.dkim_allow_partial_body)
+        # Built once: in rfc7489 mode this loads the public suffix list (~25 ms).
+        self.dmarc_settings = DmarcSettings(
+            mode="rfc7489" if settings.dmarc_mode == "rfc7489" else "rfc9989",
+            psl_path=settings.dmarc_public_suffix_list or None)
+        if self.dmarc_settings.mode == "rfc7489":
+            self.dmarc_settings.public_suffix_list()  # load now, not on the first message
+
+    def new_deadline(self) -> Deadline:
+        """A deadline for work that starts now (early checks are bounded like the message)."""
+        return Deadline(self.settings.message_deadline, self.clock)
 
     def _lookup(self, deadline: Deadline | None) -> BoundLookup:
         return BoundLookup(self.resolver, deadline)
@@ -182,7 +211,8 @@ class Engine:
         message of the connection (until the next EHLO, e.g. after STARTTLS).
         """
         return self._submit("spf_helo", lambda: check_spf(
-            self._lookup(None), client_ip, SpfIdentity.HELO, "", helo, self.settings.authserv_id))
+            self._lookup(self.new_deadline()), client_ip, SpfIdentity.HELO, "", helo,
+            self.settings.authserv_id))
 
     def begin(self, envelope: Envelope,
               helo_check: Future[SpfOutcome] | None = None) -> MessageRun:

@@ -256,23 +256,34 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
                            queue_id=self._macro("i") or state.envelope.queue_id)
         snapshot = MessageSnapshot(envelope, tuple(state.headers), bytes(state.body or b""))
         analysis = state.run.finish(snapshot, body_too_large=state.body_too_large)
-        verdict = decide(analysis, settings)
+        verdict = decide(analysis, envelope, settings)
         forged = authres.forged_indices(snapshot.headers, settings.authserv_id,
                                         settings.remove_subdomain_authserv_ids)
         log_message(envelope, analysis, verdict, len(forged))
         if verdict.action is Action.TEMPFAIL:
             return self._reply(verdict.reply or settings.tempfail_reply, TEMPFAIL)
-        if verdict.action is Action.REJECT and verdict.reply is not None:
-            return self._reply(verdict.reply, REJECT)
+        if verdict.action is Action.REJECT:
+            return self._reply(verdict.reply or settings.reject_reply, REJECT)
         for index in forged:  # highest first: deleting never shifts an index still to delete
             self.chgheader(AR_HEADER, index, "")
-        value = authres.render(settings.authserv_id, authres.results_for(analysis))
+        # Nobody outside may set our quarantine tag: drop incoming copies the same way.
+        tags = _indices_named(snapshot.headers, settings.quarantine_header)
+        for index in tags:
+            self.chgheader(settings.quarantine_header, index, "")
+        self._add_header(AR_HEADER, authres.render(settings.authserv_id,
+                                                   authres.results_for(analysis, verdict)))
+        if verdict.action is Action.QUARANTINE:
+            reason = verdict.detail or "mailsec-milter policy"
+            if settings.quarantine_method in ("tag", "both"):
+                self._add_header(settings.quarantine_header, f"yes ({reason})"[:200])
+            if settings.quarantine_method in ("hold", "both"):
+                self.quarantine(reason[:200])
+        return ACCEPT
+
+    def _add_header(self, name: str, value: str) -> None:
         if self._protocol & Milter.P_HDR_LEADSPC:
             value = " " + value
-        self.addheader(AR_HEADER, value, 0)
-        if verdict.action is Action.QUARANTINE:
-            self.quarantine(verdict.detail or "mailsec-milter policy")
-        return ACCEPT
+        self.addheader(name, value, 0)
 
     def _reply(self, reply: Reply, code: int) -> int:
         self.setreply(reply.code, reply.status, _escape_reply(reply.text))
@@ -298,6 +309,13 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         )
 
 
+def _indices_named(headers: tuple[Header, ...], name: str) -> list[int]:
+    """1-based per-name indices of the headers called ``name``, highest first."""
+    lowered = name.lower()
+    count = sum(1 for h in headers if h.name.strip().lower() == lowered)
+    return list(range(count, 0, -1))
+
+
 def _strip_address(text: str) -> str:
     value = (text or "").strip()
     if value.startswith("<") and value.endswith(">"):
@@ -308,13 +326,25 @@ def _strip_address(text: str) -> str:
 def log_message(envelope: Envelope, analysis: Analysis, verdict: Verdict, forged: int) -> None:
     """Rule 8: one line per message with queue id, client, identities, every result, verdict."""
     dkim = ",".join(f"{s.result.value}:{s.domain or '-'}" for s in analysis.dkim.signatures)
+    dmarc = analysis.dmarc
+    dmarc_text = "-"
+    if dmarc is not None:
+        dmarc_text = (f"{dmarc.result.value}:{dmarc.header_from or '-'}"
+                      f":p={dmarc.policy.value if dmarc.policy else '-'}")
+    extra = ""
+    if verdict.dry_run_action is not None:
+        extra += f" dry_run_would={verdict.dry_run_action.value}"
+    if verdict.override_reason is not None:
+        extra += f" override={verdict.override_reason.value}"
+    if verdict.detail:
+        extra += f" detail={verdict.detail!r}"
     log.info(
-        "queue_id=%s client=%s[%s] helo=%s mail_from=<%s> spf=%s spf_helo=%s dkim=%s tls=%s "
-        "forged_ar_removed=%d verdict=%s reason=%s%s",
+        "queue_id=%s client=%s[%s] helo=%r mail_from=<%s> auth=%s spf=%s spf_helo=%s dkim=%s "
+        "dmarc=%s tls=%s forged_ar_removed=%d verdict=%s reason=%s%s",
         envelope.queue_id or "-", envelope.client_name or "-", envelope.client_ip or "-",
-        envelope.helo or "-", envelope.mail_from,
+        envelope.helo, envelope.mail_from, "yes" if envelope.sasl_user else "no",
         analysis.spf_mailfrom.result.value,
         analysis.spf_helo.result.value if analysis.spf_helo else "-",
-        dkim or "none", analysis.tls.version or "none", forged, verdict.action.value,
-        verdict.reason.value, f" detail={verdict.detail!r}" if verdict.detail else "",
+        dkim or "none", dmarc_text, analysis.tls.version or "none", forged,
+        verdict.action.value, verdict.reason.value, extra,
     )

@@ -1,16 +1,21 @@
 """The one place a verdict is decided: accept, quarantine, reject or tempfail, and why.
 
-Owns: the decision table from an Analysis and the settings to a Verdict with a closed reason.
+Owns: the decision table (docs/POLICY.md shows it row by row) from an Analysis, the envelope
+and the settings to a Verdict with a closed reason, the sender's published policy, the
+evaluated and the applied disposition, and any local override.
 Must not: do I/O, render headers, or call the MTA.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from .checks.dmarc import DmarcOutcome, Policy
 from .config import Reply, Settings
 from .engine import Analysis
+from .model import AuthResult, Envelope
 
 
 class Action(StrEnum):
@@ -20,32 +25,212 @@ class Action(StrEnum):
     TEMPFAIL = "tempfail"
 
 
-class Reason(StrEnum):
-    """Why the verdict is what it is; a closed set, used as a metric label."""
+_SEVERITY = {Action.ACCEPT: 0, Action.QUARANTINE: 1, Action.TEMPFAIL: 2, Action.REJECT: 3}
 
-    PASSED = "passed"
-    NO_POLICY = "no_policy"
-    INTERNAL_ERROR = "internal_error"
+
+class Reason(StrEnum):
+    """What decided the verdict; a closed set (metric label)."""
+
+    DMARC_PASS = "dmarc_pass"
+    NO_POLICY = "no_policy"  # nothing to enforce: no record, p=none, permerror, none
+    DMARC_POLICY = "dmarc_policy"  # the sender's published policy, as published
+    LOCAL_OVERRIDE = "local_override"  # a domain override or the downgrade switch changed it
+    SPF_FAIL = "spf_fail"
+    TLS_REQUIRED = "tls_required"
     DNS_TEMPERROR = "dns_temperror"
+    INTERNAL_ERROR = "internal_error"
+    TRUSTED_NETWORK = "trusted_network"
+    AUTHENTICATED = "authenticated"
+
+
+class OverrideReason(StrEnum):
+    """Why the applied disposition differs from the evaluated one (RFC 7489 §7.2 words)."""
+
+    LOCAL_POLICY = "local_policy"
+    TRUSTED_FORWARDER = "trusted_forwarder"
+    SAMPLED_OUT = "sampled_out"
 
 
 @dataclass(frozen=True)
 class Verdict:
+    """The decision. ``dry_run_action`` is what would have happened when dry-run accepted."""
+
     action: Action
     reason: Reason
     reply: Reply | None = None
     detail: str = ""
+    published_policy: str | None = None
+    evaluated_disposition: str | None = None
+    applied_disposition: str | None = None
+    override_reason: OverrideReason | None = None
+    override_detail: str = ""
+    dry_run_action: Action | None = None
 
 
-def decide(analysis: Analysis, settings: Settings) -> Verdict:
-    """Decide the verdict for one analysed message.
+_ACTION_FOR = {Policy.REJECT: Action.REJECT, Policy.QUARANTINE: Action.QUARANTINE,
+               Policy.NONE: Action.ACCEPT}
+_DISPOSITION_FOR = {Action.REJECT: "reject", Action.QUARANTINE: "quarantine",
+                    Action.ACCEPT: "none", Action.TEMPFAIL: "none"}
 
-    A crashed check could have hidden a failing result, so by default it tempfails the message
-    (the sender retries) rather than accepting with a result we made up. DNS temperrors alone do
-    not change the verdict until a policy (DMARC) depends on them.
-    """
+
+def decide(analysis: Analysis, envelope: Envelope, settings: Settings) -> Verdict:
+    """Decide the verdict for one analysed message (see docs/POLICY.md for the table)."""
+    verdict = _enforced(analysis, envelope, settings)
+    if settings.dry_run and verdict.action is not Action.ACCEPT:
+        return replace(verdict, action=Action.ACCEPT, reply=None, dry_run_action=verdict.action,
+                       applied_disposition="none" if verdict.published_policy else None,
+                       override_reason=OverrideReason.LOCAL_POLICY,
+                       override_detail="dry run")
+    return verdict
+
+
+def _enforced(analysis: Analysis, envelope: Envelope, settings: Settings) -> Verdict:
+    dmarc = analysis.dmarc
+    published = dmarc.policy.value if dmarc is not None and dmarc.policy is not None else None
+    evaluated = (dmarc.disposition.value if dmarc is not None and dmarc.disposition is not None
+                 and dmarc.result is AuthResult.FAIL else None)
+
+    trust = _trusted(envelope, settings)
+    if trust is not None:
+        reason, detail = trust
+        return Verdict(Action.ACCEPT, reason, detail=detail, published_policy=published,
+                       evaluated_disposition=evaluated,
+                       applied_disposition="none" if evaluated else None,
+                       override_reason=(OverrideReason.TRUSTED_FORWARDER
+                                        if reason is Reason.TRUSTED_NETWORK
+                                        else OverrideReason.LOCAL_POLICY) if evaluated else None,
+                       override_detail=detail if evaluated else "")
+
     if analysis.errors and settings.on_internal_error == "tempfail":
         failed = ", ".join(sorted({e.check for e in analysis.errors}))
         return Verdict(Action.TEMPFAIL, Reason.INTERNAL_ERROR, settings.tempfail_reply,
-                       f"internal error in {failed}")
-    return Verdict(Action.ACCEPT, Reason.NO_POLICY)
+                       f"internal error in {failed}", published_policy=published)
+
+    candidates = [
+        _dmarc_verdict(analysis, settings, published, evaluated),
+        _spf_verdict(analysis, settings),
+        _tls_verdict(analysis, dmarc, settings),
+    ]
+    chosen = max((c for c in candidates if c is not None),
+                 key=lambda v: _SEVERITY[v.action], default=None)
+    if chosen is None:
+        passed = dmarc is not None and dmarc.result is AuthResult.PASS
+        return Verdict(Action.ACCEPT, Reason.DMARC_PASS if passed else Reason.NO_POLICY,
+                       published_policy=published)
+    if chosen.published_policy is None:
+        chosen = replace(chosen, published_policy=published)
+    return chosen
+
+
+def _trusted(envelope: Envelope, settings: Settings) -> tuple[Reason, str] | None:
+    if settings.skip_authenticated and envelope.sasl_user:
+        return Reason.AUTHENTICATED, "authenticated submission"
+    if envelope.client_ip and settings.trusted_networks:
+        try:
+            address = ipaddress.ip_address(envelope.client_ip)
+        except ValueError:
+            return None
+        if any(address in network for network in settings.trusted_networks):
+            return Reason.TRUSTED_NETWORK, "trusted network"
+    return None
+
+
+def _dmarc_verdict(analysis: Analysis, settings: Settings, published: str | None,
+                   evaluated: str | None) -> Verdict | None:
+    dmarc = analysis.dmarc
+    if dmarc is None:
+        return None
+    domain = dmarc.header_from or "the author domain"
+    override = settings.domain_override(dmarc.header_from) if dmarc.header_from else None
+    if dmarc.result is AuthResult.TEMPERROR:
+        # Could the missing answer change the verdict? Only if something would be enforced.
+        can_matter = override != "accept" and (
+            dmarc.policy is None or dmarc.policy is not Policy.NONE
+            or override in ("reject", "quarantine"))
+        if can_matter and settings.on_dns_temperror == "tempfail":
+            return Verdict(Action.TEMPFAIL, Reason.DNS_TEMPERROR, settings.tempfail_reply,
+                           f"DMARC for {domain} could not be evaluated: {dmarc.reason}",
+                           published_policy=published)
+        return None
+    if dmarc.result is not AuthResult.FAIL or dmarc.disposition is None:
+        return None
+    action = _ACTION_FOR[dmarc.disposition]
+    reason = Reason.DMARC_POLICY
+    override_detail = ""
+    if override == "reject":
+        action, override_detail = Action.REJECT, f"domain override for {domain}: reject"
+    elif override == "quarantine":
+        action, override_detail = Action.QUARANTINE, f"domain override for {domain}: quarantine"
+    elif override == "never_reject" and action is Action.REJECT:
+        action, override_detail = Action.QUARANTINE, f"domain override for {domain}: never reject"
+    elif override == "accept":
+        action, override_detail = Action.ACCEPT, f"domain override for {domain}: accept"
+    if action is Action.REJECT and settings.downgrade_reject:
+        action, override_detail = Action.QUARANTINE, "downgrade_reject"
+    applied = _DISPOSITION_FOR[action]
+    if override_detail and applied != evaluated:
+        reason = Reason.LOCAL_OVERRIDE
+    else:
+        override_detail = ""
+    failed = _failed_identities(analysis, dmarc)
+    return Verdict(
+        action, reason,
+        _fill(settings.reject_reply, domain, failed) if action is Action.REJECT else None,
+        detail=f"DMARC {dmarc.result.value} for {domain} ({failed})",
+        published_policy=published, evaluated_disposition=evaluated,
+        applied_disposition=applied,
+        override_reason=OverrideReason.LOCAL_POLICY if override_detail else (
+            OverrideReason.SAMPLED_OUT if dmarc.sampled is False else None),
+        override_detail=override_detail)
+
+
+def _spf_verdict(analysis: Analysis, settings: Settings) -> Verdict | None:
+    if not settings.reject_on_spf_fail:
+        return None
+    if analysis.dmarc is not None and analysis.dmarc.result is AuthResult.PASS:
+        return None  # DKIM carried the message: RFC 7489 §10.1 warns against rejecting early
+    spf = analysis.spf_mailfrom
+    if spf.result is AuthResult.FAIL:
+        failed = f"spf=fail smtp.mailfrom={spf.identity_value}"
+        return Verdict(Action.REJECT, Reason.SPF_FAIL,
+                       _fill(settings.spf_reject_reply, spf.domain, failed),
+                       detail=f"SPF fail for {spf.domain}")
+    if spf.result is AuthResult.TEMPERROR and settings.on_dns_temperror == "tempfail":
+        return Verdict(Action.TEMPFAIL, Reason.DNS_TEMPERROR, settings.tempfail_reply,
+                       f"SPF for {spf.domain} could not be evaluated")
+    return None
+
+
+def _tls_verdict(analysis: Analysis, dmarc: DmarcOutcome | None,
+                 settings: Settings) -> Verdict | None:
+    if not settings.tls_required_domains or analysis.tls.encrypted:
+        return None
+    domains = {e.domain for e in dmarc.evaluations if e.domain} if dmarc is not None else set()
+    required = sorted(domains & settings.tls_required_domains)
+    if not required:
+        return None
+    return Verdict(Action.REJECT, Reason.TLS_REQUIRED,
+                   _fill(settings.tls_reject_reply, required[0], "plaintext session"),
+                   detail=f"{required[0]} requires TLS; the session was plaintext")
+
+
+def _failed_identities(analysis: Analysis, dmarc: DmarcOutcome) -> str:
+    """Name what failed, for the reject text: e.g. ``spf=fail (mailfrom evil.example, not
+    aligned), dkim=fail (d=example.com)``."""
+    spf = analysis.spf_mailfrom
+    spf_text = f"spf={spf.result.value} (mailfrom {spf.domain or '-'}"
+    spf_text += ", aligned)" if dmarc.spf_aligned else ", not aligned)"
+    signatures = analysis.dkim.signatures
+    if not signatures:
+        return f"{spf_text}, dkim=none"
+    dkim_text = ", ".join(f"dkim={s.result.value} (d={s.domain or '-'})" for s in signatures[:3])
+    return f"{spf_text}, {dkim_text}"
+
+
+def _fill(reply: Reply, domain: str, failed: str) -> Reply:
+    """Fill the reply template; the values are reduced to printable ASCII for the SMTP line."""
+    def clean(text: str) -> str:
+        return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200]
+
+    return Reply(reply.code, reply.status,
+                 reply.text.format(domain=clean(domain), failed=clean(failed)))

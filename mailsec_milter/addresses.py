@@ -1,0 +1,439 @@
+"""The RFC5322.From author domains of a message, as DMARC needs them.
+
+Owns: reading every ``From:`` header value as an RFC 5322 §3.6.2 mailbox-list (display names,
+quoted strings, nested comments anywhere, group syntax, angle-addr, obsolete routes and
+phrases, RFC 6854 groups), turning each author's domain into the A-label form DMARC queries
+(RFC 9989 §5.3.1: lowercase, U-labels → A-labels through Python's ``idna`` codec, trailing dot
+dropped), and naming the defined problems. Also owns ``normalise_domain``, the one place that
+decides whether a text is a usable DNS domain name (used for SPF and DKIM identifiers too).
+Must not: decode RFC 2047 encoded-words before parsing (an encoded-word is an atom; decoding
+first lets text inside a display name look like an address), guess which of several authors is
+"the" author, reach the network, log, or raise on any input.
+
+Problems and what ``checks.dmarc.check_dmarc`` makes of them (RFC 9989 §4.4, §5.3.1, §11.5;
+RFC 5322 §3.6 requires exactly one From field holding at least one mailbox):
+
+* ``NO_FROM`` — no From header at all → dmarc=permerror ("no From header"); nothing to look up.
+* ``NO_DOMAIN`` — a From header that holds no mailbox, a mailbox without a domain (``<>``, a
+  domain literal, an invalid or non-DNS domain), or text that does not parse → a permerror
+  entry for it. Any domain we could still read (from the well-formed mailboxes, and the
+  ``@domain`` parts salvaged from the malformed ones, listed in ``salvaged``) is evaluated too
+  and the strictest result wins, so garbage next to a forged address yields ``fail``, never a
+  softer result.
+* ``MULTIPLE_FROM_HEADERS`` — more than one From header → every domain of every header is
+  evaluated, the strictest result wins, and the problem is reported so policy can refuse it.
+* ``MULTIPLE_AUTHORS`` — one From header with several mailboxes → every distinct domain is
+  evaluated, the strictest result wins (CVE-2019-16378: a second address can never turn a
+  fail into a pass).
+
+Lenient readings that keep the domain unambiguous are accepted without a problem: a display
+name in front of an addr-spec without angle brackets (``Joe joe@example.com``), a group whose
+closing ``;`` is missing, empty list elements (obs-mbox-list), CFWS between the atoms of a
+domain (obs-domain: ``legit.example(comment)`` is ``legit.example``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "AuthorDomains",
+    "AuthorProblem",
+    "author_domains",
+    "normalise_domain",
+]
+
+
+class AuthorProblem(StrEnum):
+    """Defined outcomes for From headers DMARC cannot take at face value (most severe first)."""
+
+    NO_FROM = "no-from"
+    NO_DOMAIN = "no-domain"
+    MULTIPLE_FROM_HEADERS = "multiple-from-headers"
+    MULTIPLE_AUTHORS = "multiple-authors"
+
+
+_PROBLEM_ORDER = tuple(AuthorProblem)
+
+
+@dataclass(frozen=True)
+class AuthorDomains:
+    """The author domains of one message, in header order, each once.
+
+    ``problem`` is the most severe of ``problems`` (None for the one normal case: exactly one
+    From header holding exactly one mailbox with a usable domain). ``salvaged`` lists the
+    domains (also in ``domains``) that were read from malformed mailboxes.
+    """
+
+    domains: tuple[str, ...] = ()
+    problems: tuple[AuthorProblem, ...] = ()
+    mailboxes: int = 0
+    from_headers: int = 0
+    salvaged: tuple[str, ...] = ()
+
+    @property
+    def problem(self) -> AuthorProblem | None:
+        return self.problems[0] if self.problems else None
+
+
+# --- domain names -----------------------------------------------------------------------------
+
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_MAX_NAME = 253
+
+
+def normalise_domain(text: str) -> str | None:
+    """The A-label, lowercase form of a domain name without its trailing dot, or None.
+
+    None for anything that is not a usable DNS name: empty labels (``.a.com``, ``a..com``),
+    characters outside letters/digits/hyphen/underscore after IDNA conversion (so
+    ``example.net(.example.com`` is rejected, CVE-2020-12272), labels over 63 or names over 253
+    octets, U-labels the IDNA codec refuses, and IPv4 addresses written without brackets.
+    """
+    name = text.strip()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 4 * _MAX_NAME:
+        return None
+    name = name.lower()
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii").lower()
+        except (UnicodeError, ValueError):
+            return None
+    if not name or len(name) > _MAX_NAME:
+        return None
+    labels = name.split(".")
+    if not all(_LABEL_RE.match(label) for label in labels):
+        return None
+    if len(labels) == 4 and all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            pass
+        else:
+            return None
+    return name
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+_ATOM = "atom"
+_QUOTED = "quoted"
+_LITERAL = "literal"
+_SPECIAL = "special"
+
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+_WSP = frozenset(" \t\r\n")
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str
+    text: str
+
+
+def _tokenize(value: str) -> tuple[list[_Token], bool, list[str]]:
+    """RFC 5322 §3.2 lexical tokens; comments and white space are dropped (they are CFWS and
+    only separate tokens). Returns the tokens, whether the text was lexically malformed (an
+    unterminated quoted string, comment or domain literal, or a stray ``)``), and the text an
+    unterminated quoted string or comment swallowed (a lenient reader may show it as an
+    address, so it is searched for domains too)."""
+    tokens: list[_Token] = []
+    broken = False
+    swallowed: list[str] = []
+    i = 0
+    n = len(value)
+    while i < n:
+        char = value[i]
+        if char in _WSP:
+            i += 1
+        elif char == "(":
+            depth = 0
+            opened = i
+            while i < n:
+                c = value[i]
+                if c == "\\":
+                    i += 2
+                    continue
+                if c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+            else:
+                broken = True
+                swallowed.append(value[opened + 1 :])
+        elif char == ")":
+            broken = True
+            i += 1
+        elif char == '"':
+            i += 1
+            opened = i
+            buf: list[str] = []
+            while i < n and value[i] != '"':
+                if value[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(value[i])
+                i += 1
+            if i >= n:
+                broken = True
+                swallowed.append(value[opened:])
+            i += 1
+            tokens.append(_Token(_QUOTED, "".join(buf)))
+        elif char == "[":
+            end = value.find("]", i + 1)
+            if end < 0:
+                broken = True
+                end = n
+            tokens.append(_Token(_LITERAL, value[i + 1 : end]))
+            i = end + 1
+        elif char in _SPECIALS:
+            tokens.append(_Token(_SPECIAL, char))
+            i += 1
+        else:
+            start = i
+            while i < n and value[i] not in _SPECIALS and value[i] not in _WSP:
+                i += 1
+            tokens.append(_Token(_ATOM, value[start:i]))
+    return tokens, broken, swallowed
+
+
+def _is(token: _Token, special: str) -> bool:
+    return token.kind == _SPECIAL and token.text == special
+
+
+def _is_word(token: _Token) -> bool:
+    return token.kind in (_ATOM, _QUOTED)
+
+
+# --- mailbox-list -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Mailbox:
+    domain: str | None  # the normalised domain, None when the mailbox has none / is malformed
+    salvaged: tuple[str, ...] = ()
+
+
+def _split_items(tokens: list[_Token]) -> tuple[list[list[_Token]], bool]:
+    """Split a mailbox-list (groups flattened) into one token list per mailbox.
+
+    Returns the items and whether the structure was malformed (``;`` outside a group, a group
+    inside a group, a ``>`` without ``<``, a ``<`` left open)."""
+    items: list[list[_Token]] = []
+    current: list[_Token] = []
+    depth = 0
+    in_group = False
+    broken = False
+    for token in tokens:
+        if token.kind == _SPECIAL and depth == 0:
+            if token.text == ",":
+                items.append(current)
+                current = []
+                continue
+            if token.text == ":":
+                if in_group:
+                    broken = True
+                    current.append(token)
+                    continue
+                # the tokens so far are the group's display name, not a mailbox
+                if not all(_is_word(t) or _is(t, ".") for t in current):
+                    broken = True
+                    current.append(token)
+                    continue
+                current = []
+                in_group = True
+                continue
+            if token.text == ";":
+                if not in_group:
+                    broken = True
+                items.append(current)
+                current = []
+                in_group = False
+                continue
+        if _is(token, "<"):
+            depth += 1
+        elif _is(token, ">"):
+            if depth == 0:
+                broken = True
+            depth = max(0, depth - 1)
+        current.append(token)
+    items.append(current)
+    if depth:
+        broken = True
+    return [item for item in items if item], broken
+
+
+def _domain_at(tokens: list[_Token], start: int) -> tuple[str | None, int]:
+    """Read ``atom *("." atom) ["."]`` (or a domain literal) from ``start``; return the raw
+    domain text (None if there is none) and the index after it."""
+    if start >= len(tokens):
+        return None, start
+    first = tokens[start]
+    if first.kind == _LITERAL:
+        return None, start + 1  # an address literal is not a DNS domain (RFC 9989 §5.3.1)
+    if first.kind != _ATOM:
+        return None, start
+    parts = [first.text]
+    i = start + 1
+    while i + 1 < len(tokens) and _is(tokens[i], ".") and tokens[i + 1].kind == _ATOM:
+        parts.append(tokens[i + 1].text)
+        i += 2
+    if i < len(tokens) and _is(tokens[i], "."):
+        parts.append("")  # a trailing dot: "example.com."
+        i += 1
+    return ".".join(parts), i
+
+
+def _addr_spec(tokens: list[_Token]) -> str | bool | None:
+    """The domain of ``local-part "@" domain`` filling all of ``tokens``.
+
+    Returns the raw domain text, None for a well-formed address without a DNS domain (a domain
+    literal), and False when the tokens are not an addr-spec."""
+    ats = [i for i, t in enumerate(tokens) if _is(t, "@")]
+    if len(ats) != 1:
+        return False
+    at = ats[0]
+    local = tokens[:at]
+    if not local or not all(_is_word(t) or _is(t, ".") for t in local):
+        return False
+    if at + 1 < len(tokens) and tokens[at + 1].kind == _LITERAL:
+        return None if at + 2 == len(tokens) else False
+    domain, end = _domain_at(tokens, at + 1)
+    if domain is None or end != len(tokens):
+        return False
+    return domain
+
+
+def _parse_mailbox(tokens: list[_Token]) -> _Mailbox | None:
+    """One mailbox: name-addr or addr-spec (and the lenient ``phrase addr-spec``).
+
+    Returns None when the tokens are not a mailbox at all."""
+    opens = [i for i, t in enumerate(tokens) if _is(t, "<")]
+    if opens:
+        if len(opens) != 1:
+            return None
+        lt = opens[0]
+        if not _is(tokens[-1], ">") or any(_is(t, ">") for t in tokens[lt + 1 : -1]):
+            return None
+        phrase = tokens[:lt]
+        if not all(_is_word(t) or _is(t, ".") for t in phrase):
+            return None
+        inner = tokens[lt + 1 : -1]
+        if not inner:
+            return _Mailbox(None)  # "<>": the null address has no domain
+        colon = [i for i, t in enumerate(inner) if _is(t, ":")]
+        if colon:  # obs-route: "@a.example,@b.example:" before the addr-spec
+            if len(colon) != 1 or not _valid_route(inner[: colon[0]]):
+                return None
+            inner = inner[colon[0] + 1 :]
+        found = _addr_spec(inner)
+        if found is False:
+            return None
+        return _Mailbox(normalise_domain(found) if isinstance(found, str) else None)
+    # addr-spec; _addr_spec also takes the lenient "phrase addr-spec" ("Joe joe@example.com"):
+    # every word before the only "@" is accepted, the domain after it is unambiguous.
+    found = _addr_spec(tokens)
+    if found is False:
+        return None
+    return _Mailbox(normalise_domain(found) if isinstance(found, str) else None)
+
+
+def _valid_route(tokens: list[_Token]) -> bool:
+    """obs-domain-list: ``*(CFWS / ",") "@" domain *("," [CFWS] ["@" domain])``."""
+    i = 0
+    seen = False
+    while i < len(tokens):
+        if _is(tokens[i], ","):
+            i += 1
+            continue
+        if not _is(tokens[i], "@"):
+            return False
+        _domain, end = _domain_at(tokens, i + 1)
+        if end == i + 1:
+            return False
+        seen = True
+        i = end
+    return seen
+
+
+def _salvage(tokens: list[_Token]) -> tuple[str, ...]:
+    """Every ``@ domain`` in malformed text: each one could be what a reader is shown."""
+    found: list[str] = []
+    for i, token in enumerate(tokens):
+        if _is(token, "@"):
+            raw, _end = _domain_at(tokens, i + 1)
+            domain = normalise_domain(raw) if raw is not None else None
+            if domain is not None and domain not in found:
+                found.append(domain)
+    return tuple(found)
+
+
+def _parse_header(value: str) -> tuple[list[_Mailbox], bool, tuple[str, ...]]:
+    """All mailboxes of one From value, whether any part of it was malformed, and the domains
+    found in text an unterminated quoted string or comment swallowed."""
+    tokens, broken, swallowed = _tokenize(value)
+    extra: list[str] = []
+    for text in swallowed:
+        inner, _broken, _rest = _tokenize(text)  # one level only: no recursion on hostile input
+        extra.extend(d for d in _salvage(inner) if d not in extra)
+    items, structure_broken = _split_items(tokens)
+    broken = broken or structure_broken
+    mailboxes: list[_Mailbox] = []
+    for item in items:
+        parsed = _parse_mailbox(item)
+        if parsed is None or broken:
+            # malformed: keep every "@domain" a reader might be shown, flag the mailbox
+            mailboxes.append(_Mailbox(None, _salvage(item)))
+        else:
+            mailboxes.append(parsed)
+    return mailboxes, broken, tuple(extra)
+
+
+def author_domains(from_headers: Sequence[str]) -> AuthorDomains:
+    """Extract the author domains from every From header value (unfolded or not).
+
+    Never raises: any input gives an AuthorDomains with its problems named."""
+    try:
+        return _author_domains(from_headers)
+    except Exception:  # a parser bug must still give a defined, conservative outcome
+        return AuthorDomains((), (AuthorProblem.NO_DOMAIN,), 0, len(from_headers))
+
+
+def _author_domains(from_headers: Sequence[str]) -> AuthorDomains:
+    if not from_headers:
+        return AuthorDomains(problems=(AuthorProblem.NO_FROM,))
+    problems: set[AuthorProblem] = set()
+    if len(from_headers) > 1:
+        problems.add(AuthorProblem.MULTIPLE_FROM_HEADERS)
+    domains: dict[str, None] = {}
+    salvaged: dict[str, None] = {}
+    total = 0
+    for value in from_headers:
+        mailboxes, broken, extra = _parse_header(str(value))
+        total += len(mailboxes)
+        if len(mailboxes) > 1:
+            problems.add(AuthorProblem.MULTIPLE_AUTHORS)
+        if not mailboxes or broken:
+            problems.add(AuthorProblem.NO_DOMAIN)
+        for mailbox in mailboxes:
+            if mailbox.domain is not None:
+                domains.setdefault(mailbox.domain, None)
+                continue
+            problems.add(AuthorProblem.NO_DOMAIN)
+            for domain in mailbox.salvaged:
+                domains.setdefault(domain, None)
+                salvaged.setdefault(domain, None)
+        for domain in extra:
+            domains.setdefault(domain, None)
+            salvaged.setdefault(domain, None)
+    ordered = tuple(p for p in _PROBLEM_ORDER if p in problems)
+    return AuthorDomains(tuple(domains), ordered, total, len(from_headers), tuple(salvaged))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerates the generated parts of docs/ from the code (the tests fail when they drift).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+"$here/.venv/bin/python" - "$here" <<'PY'
+import re, subprocess, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+doc = root / "docs" / "CONFIGURATION.md"
+table = subprocess.run([str(root / ".venv/bin/mailsec-milter"), "print-defaults", "--markdown"],
+                       check=True, capture_output=True, text=True).stdout
+text = doc.read_text()
+text = re.sub(r"(<!-- generated: mailsec-milter print-defaults --markdown -->\n).*?(<!-- end generated -->)",
+              lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+doc.write_text(text)
+PY
