@@ -123,6 +123,21 @@ def _socket(value: Any) -> str:
     return parse_socket_spec(_str(value))
 
 
+def _listen(value: Any) -> str:
+    text = _str(value).strip()
+    if not text:
+        return ""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected IP:PORT, e.g. \"127.0.0.1:9894\"") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: bad port")
+    return text
+
+
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
@@ -287,6 +302,9 @@ KEYS: tuple[Key, ...] = (
         "SMTP reply for tls_required_domains (RFC 5248 5.7.10).", "reply"),
     Key("policy", "tempfail_reply", "451 4.7.0 Temporary authentication failure, try again later",
         _str, "SMTP reply for a tempfail verdict (a 4xx code with a 4.x.x status).", "reply"),
+    Key("metrics", "listen", "127.0.0.1:9894", _listen,
+        "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
+        "off.", "address"),
     Key("log", "level", "info", _choice("debug", "info", "warning", "error"),
         "Log level on stderr.", "choice"),
 )
@@ -366,6 +384,7 @@ class Settings:
     spf_reject_reply: Reply
     tls_reject_reply: Reply
     tempfail_reply: Reply
+    metrics_listen: str
     log_level: str
 
     def domain_override(self, domain: str) -> str | None:
@@ -379,7 +398,7 @@ class Settings:
 
 def _field_name(key: Key) -> str:
     prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "dmarc": "dmarc_",
-              "log": "log_"}.get(key.section, "")
+              "metrics": "metrics_", "log": "log_"}.get(key.section, "")
     if key.section == "dns" and key.name == "nameservers":
         return "nameservers"
     return prefix + key.name

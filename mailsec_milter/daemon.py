@@ -17,11 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import Milter
 import milter as libmilter
+from prometheus_client import start_http_server
 
 from . import __version__
 from .config import Settings
 from .dns import CachingResolver, ResolverSettings
 from .engine import Engine
+from .metrics import Metrics
 from .milter import MailsecMilter, Runtime, install_runtime
 
 log = logging.getLogger("mailsec_milter.daemon")
@@ -68,15 +70,22 @@ def set_nodelay_on_listeners() -> int:
     return count
 
 
-def build_runtime(settings: Settings, pool: ThreadPoolExecutor) -> Runtime:
+def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics) -> Runtime:
     resolver = CachingResolver(ResolverSettings(
         nameservers=settings.nameservers,
         timeout=settings.dns_timeout,
         cache_entries=settings.dns_cache_entries,
         max_ttl=int(settings.dns_max_ttl),
         negative_ttl=int(settings.dns_negative_ttl),
-    ))
-    return Runtime(settings, Engine(settings, resolver, pool))
+    ), observer=metrics.observe_dns)
+    return Runtime(settings, Engine(settings, resolver, pool), metrics)
+
+
+def start_metrics_server(listen: str, metrics: Metrics) -> None:
+    """Serve /metrics on HOST:PORT (loopback by default; prometheus_client's own default
+    would be 0.0.0.0). Runs in a daemon thread that inherits our blocked signal mask."""
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
 
 
 def register_callbacks() -> None:
@@ -111,8 +120,16 @@ def run(settings: Settings) -> int:
     """Run the milter in the foreground until SIGTERM/SIGINT; return the exit status."""
     block_milter_signals()
     pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="checks")
-    runtime = build_runtime(settings, pool)
+    metrics = Metrics()
+    runtime = build_runtime(settings, pool, metrics)
     install_runtime(runtime)
+    if settings.metrics_listen:
+        try:
+            start_metrics_server(settings.metrics_listen, metrics)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", settings.metrics_listen, exc)
+            return 1
+        log.info("metrics on http://%s/metrics", settings.metrics_listen)
     register_callbacks()
     try:
         open_socket(settings.socket)

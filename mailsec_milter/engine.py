@@ -72,10 +72,11 @@ class MessageRun:
                  helo_check: Future[SpfOutcome] | None = None) -> None:
         self._engine = engine
         self.envelope = envelope
-        self._spf_mailfrom = engine._submit(
-            "spf", lambda: check_spf(engine._lookup(engine.new_deadline()), envelope.client_ip,
-                                     SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
-                                     engine.settings.authserv_id))
+        self._timings: dict[str, float] = {}
+        self._spf_mailfrom = engine._submit("spf", _timed(self._timings, "spf", engine.clock,
+            lambda: check_spf(engine._lookup(engine.new_deadline()), envelope.client_ip,
+                              SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
+                              engine.settings.authserv_id)))
         self._spf_helo: Future[SpfOutcome] | None = None
         if engine.settings.spf_check_helo:
             self._spf_helo = helo_check or engine.start_helo_check(envelope.client_ip,
@@ -99,7 +100,6 @@ class MessageRun:
         engine = self._engine
         deadline = Deadline(engine.settings.message_deadline, engine.clock)
         errors: list[CheckError] = []
-        timings: list[tuple[str, float]] = []
         domain = snapshot.envelope.mail_from.rpartition("@")[2]
         spf_mailfrom = self._collect(
             "spf", self._spf_mailfrom, deadline, errors,
@@ -111,6 +111,7 @@ class MessageRun:
                 "spf_helo", self._spf_helo, deadline, errors,
                 lambda: SpfOutcome(SpfIdentity.HELO, AuthResult.TEMPERROR,
                                    snapshot.envelope.helo, "", "check did not complete"))
+        timings = list(self._timings.items())
         started = engine.clock()
         dkim = _isolate("dkim", errors, lambda: _dkim_or_too_large(
             engine, snapshot, deadline, body_too_large), lambda: _dkim_crashed(snapshot))
@@ -137,6 +138,19 @@ class MessageRun:
         except Exception as exc:  # the check itself crashed
             _record(name, exc, errors)
             return fallback()
+
+
+def _timed(sink: dict[str, float], name: str, clock: Callable[[], float],
+           work: Callable[[], T]) -> Callable[[], T]:
+    """Wrap work for the pool so its duration lands in ``sink[name]`` (one writer per name)."""
+    def run() -> T:
+        started = clock()
+        try:
+            return work()
+        finally:
+            sink[name] = clock() - started
+
+    return run
 
 
 def _dkim_or_too_large(engine: Engine, snapshot: MessageSnapshot, deadline: Deadline,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from . import authres
 from .checks.spf import SpfOutcome
 from .config import Reply, Settings
 from .engine import Analysis, Engine, MessageRun
+from .metrics import Metrics
 from .model import Envelope, Header, MessageSnapshot, TlsInfo, normalise_ip
 from .policy import Action, Verdict, decide
 
@@ -50,6 +52,7 @@ class Runtime:
 
     settings: Settings
     engine: Engine
+    metrics: Metrics
 
 
 class _Shared:
@@ -126,6 +129,7 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         self.helo_name = ""
         self.helo_check: Future[SpfOutcome] | None = None
         self.message: _MessageState | None = None
+        self.metrics: Metrics | None = None
 
     # --- negotiation -------------------------------------------------------------------------
     def setsymlist(self, stage: int, *macros: str) -> Any:
@@ -137,6 +141,9 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
     # --- SMTP stages ---------------------------------------------------------------------------
     @noreply
     def connect(self, hostname: str, family: Any, hostaddr: Any) -> int:
+        if self.metrics is None:
+            self.metrics = current_runtime().metrics
+            self.metrics.connection_opened()
         self.client_name = hostname or ""
         self.client_ip = None
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
@@ -243,10 +250,14 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
 
     def close(self) -> int:
         self.message = None
+        if self.metrics is not None:
+            self.metrics.connection_closed()
+            self.metrics = None
         return CONTINUE
 
     # --- end of message ------------------------------------------------------------------------
     def _finish(self, state: _MessageState) -> int:
+        started = time.perf_counter()
         settings = state.runtime.settings
         if state.headers_too_large:
             log.warning("queue_id=%s header block over max_header_bytes; tempfailing",
@@ -260,6 +271,8 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         forged = authres.forged_indices(snapshot.headers, settings.authserv_id,
                                         settings.remove_subdomain_authserv_ids)
         log_message(envelope, analysis, verdict, len(forged))
+        state.runtime.metrics.observe_message(analysis, verdict, len(forged),
+                                              time.perf_counter() - started)
         if verdict.action is Action.TEMPFAIL:
             return self._reply(verdict.reply or settings.tempfail_reply, TEMPFAIL)
         if verdict.action is Action.REJECT:

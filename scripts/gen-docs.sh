@@ -13,4 +13,11 @@ text = doc.read_text()
 text = re.sub(r"(<!-- generated: mailsec-milter print-defaults --markdown -->\n).*?(<!-- end generated -->)",
               lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
 doc.write_text(text)
+sys.path.insert(0, str(root))
+from mailsec_milter.metrics import render_markdown
+doc = root / "docs" / "METRICS.md"
+text = doc.read_text()
+text = re.sub(r"(<!-- generated: metrics -->\n).*?(<!-- end generated -->)",
+              lambda m: m.group(1) + render_markdown() + m.group(2), text, flags=re.S)
+doc.write_text(text)
 PY

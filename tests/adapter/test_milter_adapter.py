@@ -199,3 +199,28 @@ def test_sigterm_stops_cleanly(dns_zone_server: str) -> None:
     session(process, message())
     assert process.stop() == 0
     assert "stopped" in process.log()
+
+
+def test_metrics_endpoint_counts_messages(milter: MilterProcess) -> None:
+    import urllib.request
+
+    assert milter.metrics_url is not None
+    assert milter.metrics_url.startswith("http://127.0.0.1:")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(milter.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    def accepted(text: str) -> float:
+        for line in text.splitlines():
+            if (line.startswith("mailsec_messages_total{") and 'verdict="accept"' in line
+                    and 'reason="no_policy"' in line):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = accepted(scrape())
+    session(milter, message())
+    after_text = scrape()
+    assert accepted(after_text) == before + 1
+    assert 'mailsec_dns_queries_total{outcome="answer",type="TXT"}' in after_text
+    assert "mailsec_connections_total" in after_text

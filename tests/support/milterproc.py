@@ -56,6 +56,9 @@ class MilterProcess:
             else:
                 milter["socket"] = f"inet:{free_tcp_port()}@127.0.0.1"
         milter.setdefault("authserv_id", "mx.test.example")
+        # Every test daemon gets its own metrics port (the default 9894 would collide).
+        self.config.setdefault("metrics", {}).setdefault("listen",
+                                                         f"127.0.0.1:{free_tcp_port()}")
         self.config_path = self.workdir / "mailsec-milter.toml"
         self.config_path.write_text(render_toml(self.config))
         self.log_path = self.workdir / "milter.log"
@@ -64,6 +67,11 @@ class MilterProcess:
     @property
     def socket_spec(self) -> str:
         return str(self.config["milter"]["socket"])
+
+    @property
+    def metrics_url(self) -> str | None:
+        listen = str(self.config["metrics"]["listen"])
+        return f"http://{listen}/metrics" if listen else None
 
     @property
     def postfix_spec(self) -> str:

@@ -1,0 +1,199 @@
+"""Every Prometheus metric, declared once, on an injected registry; recorded from results.
+
+Owns: metric names, types, closed label sets (never a domain, address, IP or queue id) and the
+mapping from an Analysis + Verdict to observations. docs/METRICS.md is generated from
+``describe()`` and a test keeps the two equal.
+Must not: decide anything or be read by the checks (they stay pure; the adapter and the
+resolver report here).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import __version__
+from .dns import DnsOutcome
+from .engine import Analysis
+from .model import AuthResult
+from .policy import Action, Reason, Verdict
+
+# Sub-millisecond resolution at the bottom (a cached check takes ~0.1 ms), DNS timeouts at the top.
+SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+METHODS = ("spf", "spf_helo", "dkim", "dmarc", "tls")
+RESULTS = tuple(r.value for r in AuthResult)
+POLICIES = ("none", "quarantine", "reject", "absent")
+DISPOSITIONS = ("none", "quarantine", "reject", "not_applied")
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256", "rsa-sha1", "other")
+KEY_SIZES = ("256", "512", "768", "1024", "2048", "3072", "4096", "other", "unknown")
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other", "plaintext")
+DNS_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "CNAME", "other")
+DNS_OUTCOMES = tuple(o.value for o in DnsOutcome)
+CHECKS = ("spf", "spf_helo", "dkim", "dmarc", "tls")
+
+
+@dataclass(frozen=True)
+class MetricDoc:
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+
+
+def _closed(value: str, allowed: Iterable[str], fallback: str = "other") -> str:
+    return value if value in allowed else fallback
+
+
+class Metrics:
+    """The daemon's metrics. Tests pass their own registry; the daemon passes the default one."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "mailsec_messages", "Messages by verdict and the reason that decided it.",
+            ["verdict", "reason"], registry=r)
+        self.dry_run = Counter(
+            "mailsec_dry_run_verdicts", "Dry run: verdicts that would have been applied.",
+            ["verdict", "reason"], registry=r)
+        self.results = Counter(
+            "mailsec_auth_results", "Authentication results per method (one per DKIM signature).",
+            ["method", "result"], registry=r)
+        self.dmarc_policy = Counter(
+            "mailsec_dmarc_policy",
+            "DMARC-evaluated messages by the published policy and the applied disposition.",
+            ["published", "applied"], registry=r)
+        self.dkim_signatures = Counter(
+            "mailsec_dkim_signatures", "DKIM signatures by algorithm, key size and result.",
+            ["algorithm", "key_bits", "result"], registry=r)
+        self.tls = Counter(
+            "mailsec_tls_messages", "Messages by the TLS version of the session they came over.",
+            ["version"], registry=r)
+        self.forged = Counter(
+            "mailsec_forged_authres_removed",
+            "Incoming Authentication-Results headers removed because they claimed our id.",
+            registry=r)
+        self.dns_queries = Counter(
+            "mailsec_dns_queries", "DNS queries sent, by record type and outcome.",
+            ["type", "outcome"], registry=r)
+        self.dns_seconds = Histogram(
+            "mailsec_dns_query_duration_seconds", "DNS query latency (network queries only).",
+            ["type"], buckets=SECONDS_BUCKETS, registry=r)
+        self.check_seconds = Histogram(
+            "mailsec_check_duration_seconds", "Time spent in each check.",
+            ["check"], buckets=SECONDS_BUCKETS, registry=r)
+        self.message_seconds = Histogram(
+            "mailsec_message_duration_seconds",
+            "End-of-message processing time: from the end of DATA to our reply.",
+            buckets=SECONDS_BUCKETS, registry=r)
+        self.connections_open = Gauge(
+            "mailsec_connections_open", "MTA connections open now.", registry=r)
+        self.connections = Counter(
+            "mailsec_connections", "MTA connections accepted.", registry=r)
+        self.check_errors = Counter(
+            "mailsec_check_errors", "Checks that crashed (their result became temperror).",
+            ["check"], registry=r)
+        self.build_info = Gauge(
+            "mailsec_build_info", "Always 1; the labels say what is running.",
+            ["version", "python"], registry=r)
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._initialise_label_sets()
+
+    def _initialise_label_sets(self) -> None:
+        """Create every closed label combination at 0, so rates exist before the first event."""
+        for action in Action:
+            for reason in Reason:
+                self.messages.labels(action.value, reason.value)
+                self.dry_run.labels(action.value, reason.value)
+        for method in METHODS:
+            for result in RESULTS:
+                self.results.labels(method, result)
+        for published in POLICIES:
+            for applied in DISPOSITIONS:
+                self.dmarc_policy.labels(published, applied)
+        for version in TLS_VERSIONS:
+            self.tls.labels(version)
+        for rdtype in DNS_TYPES:
+            self.dns_seconds.labels(rdtype)
+            for outcome in DNS_OUTCOMES:
+                self.dns_queries.labels(rdtype, outcome)
+        for check in CHECKS:
+            self.check_seconds.labels(check)
+            self.check_errors.labels(check)
+
+    # --- observations --------------------------------------------------------------------------
+    def observe_dns(self, rdtype: str, outcome: DnsOutcome, seconds: float) -> None:
+        """The resolver's observer: one call per query that went to the network."""
+        kind = _closed(rdtype.upper(), DNS_TYPES)
+        self.dns_queries.labels(kind, outcome.value).inc()
+        self.dns_seconds.labels(kind).observe(seconds)
+
+    def connection_opened(self) -> None:
+        self.connections.inc()
+        self.connections_open.inc()
+
+    def connection_closed(self) -> None:
+        self.connections_open.dec()
+
+    def observe_message(self, analysis: Analysis, verdict: Verdict, forged_removed: int,
+                        seconds: float) -> None:
+        self.messages.labels(verdict.action.value, verdict.reason.value).inc()
+        if verdict.dry_run_action is not None:
+            self.dry_run.labels(verdict.dry_run_action.value, verdict.reason.value).inc()
+        self.results.labels("spf", analysis.spf_mailfrom.result.value).inc()
+        if analysis.spf_helo is not None:
+            self.results.labels("spf_helo", analysis.spf_helo.result.value).inc()
+        if not analysis.dkim.signatures:
+            self.results.labels("dkim", AuthResult.NONE.value).inc()
+        for sig in analysis.dkim.signatures:
+            self.results.labels("dkim", sig.result.value).inc()
+            self.dkim_signatures.labels(
+                _closed(sig.algorithm, DKIM_ALGORITHMS),
+                _closed(str(sig.key_bits), KEY_SIZES) if sig.key_bits else "unknown",
+                sig.result.value).inc()
+        dmarc = analysis.dmarc
+        if dmarc is not None:
+            self.results.labels("dmarc", dmarc.result.value).inc()
+            published = dmarc.policy.value if dmarc.policy is not None else "absent"
+            applied = verdict.applied_disposition or "not_applied"
+            self.dmarc_policy.labels(published, _closed(applied, DISPOSITIONS)).inc()
+        self.results.labels("tls", analysis.tls.result.value).inc()
+        version = analysis.tls.version if analysis.tls.encrypted else "plaintext"
+        self.tls.labels(_closed(version, TLS_VERSIONS)).inc()
+        if forged_removed:
+            self.forged.inc(forged_removed)
+        for check, check_seconds in analysis.check_seconds:
+            self.check_seconds.labels(_closed(check, CHECKS)).observe(check_seconds)
+        for error in analysis.errors:
+            self.check_errors.labels(_closed(error.check, CHECKS)).inc()
+        self.message_seconds.observe(seconds)
+
+
+def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
+    """Every metric family with its type, labels and help, for docs/METRICS.md."""
+    metrics = metrics or Metrics()
+    docs: list[MetricDoc] = []
+    for collector in (metrics.messages, metrics.dry_run, metrics.results, metrics.dmarc_policy,
+                      metrics.dkim_signatures, metrics.tls, metrics.forged, metrics.dns_queries,
+                      metrics.dns_seconds, metrics.check_seconds, metrics.message_seconds,
+                      metrics.connections_open, metrics.connections, metrics.check_errors,
+                      metrics.build_info):
+        for family in collector.describe():
+            kind = family.type
+            name = family.name + ("_total" if kind == "counter" else "")
+            labels = tuple(getattr(collector, "_labelnames", ()))
+            docs.append(MetricDoc(name, kind, labels, family.documentation))
+    return docs
+
+
+def render_markdown() -> str:
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for doc in describe():
+        labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
+        lines.append(f"| `{doc.name}` | {doc.kind} | {labels} | {doc.help} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""Metrics: names, closed label sets, recording from Analysis + Verdict, and the docs table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from mailsec_milter.checks.dkim import DkimOutcome, DkimSignatureOutcome
+from mailsec_milter.checks.dmarc import DmarcOutcome, Policy
+from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
+from mailsec_milter.checks.tls import TlsOutcome
+from mailsec_milter.dns import DnsOutcome
+from mailsec_milter.engine import Analysis, CheckError
+from mailsec_milter.metrics import Metrics, describe, render_markdown
+from mailsec_milter.model import AuthResult
+from mailsec_milter.policy import Action, Reason, Verdict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def analysis() -> Analysis:
+    return Analysis(
+        spf_mailfrom=SpfOutcome(SpfIdentity.MAILFROM, AuthResult.FAIL, "x@evil.example",
+                                "evil.example"),
+        spf_helo=SpfOutcome(SpfIdentity.HELO, AuthResult.NONE, "evil.example", "evil.example"),
+        dkim=DkimOutcome((
+            DkimSignatureOutcome(AuthResult.PASS, domain="bank.example", algorithm="rsa-sha256",
+                                 key_bits=2048),
+            DkimSignatureOutcome(AuthResult.POLICY, domain="old.example", algorithm="rsa-sha1",
+                                 key_bits=1024),
+            DkimSignatureOutcome(AuthResult.PASS, domain="x.example",
+                                 algorithm="ed25519-sha256", key_bits=256))),
+        tls=TlsOutcome(AuthResult.PASS, "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256),
+        dmarc=DmarcOutcome(AuthResult.FAIL, header_from="bank.example", policy=Policy.REJECT,
+                           disposition=Policy.REJECT),
+        errors=(CheckError("dkim", "boom"),),
+        check_seconds=(("spf", 0.0004), ("dkim", 0.002)))
+
+
+def test_a_message_is_recorded_under_closed_labels() -> None:
+    metrics = Metrics()
+    verdict = Verdict(Action.ACCEPT, Reason.DMARC_POLICY, applied_disposition="none",
+                      evaluated_disposition="reject", dry_run_action=Action.REJECT)
+    metrics.observe_message(analysis(), verdict, forged_removed=2, seconds=0.003)
+    r = metrics.registry
+    assert sample(r, "mailsec_messages_total", verdict="accept", reason="dmarc_policy") == 1
+    assert sample(r, "mailsec_dry_run_verdicts_total", verdict="reject",
+                  reason="dmarc_policy") == 1
+    assert sample(r, "mailsec_auth_results_total", method="dkim", result="pass") == 2
+    assert sample(r, "mailsec_auth_results_total", method="dkim", result="policy") == 1
+    assert sample(r, "mailsec_auth_results_total", method="spf", result="fail") == 1
+    assert sample(r, "mailsec_auth_results_total", method="dmarc", result="fail") == 1
+    assert sample(r, "mailsec_dmarc_policy_total", published="reject", applied="none") == 1
+    assert sample(r, "mailsec_dkim_signatures_total", algorithm="rsa-sha1", key_bits="1024",
+                  result="policy") == 1
+    assert sample(r, "mailsec_dkim_signatures_total", algorithm="ed25519-sha256",
+                  key_bits="256", result="pass") == 1
+    assert sample(r, "mailsec_tls_messages_total", version="TLSv1.3") == 1
+    assert sample(r, "mailsec_forged_authres_removed_total") == 2
+    assert sample(r, "mailsec_check_errors_total", check="dkim") == 1
+    assert sample(r, "mailsec_message_duration_seconds_count") == 1
+    assert sample(r, "mailsec_message_duration_seconds_bucket", le="0.005") == 1
+    assert sample(r, "mailsec_message_duration_seconds_bucket", le="0.001") == 0
+    assert sample(r, "mailsec_check_duration_seconds_bucket", check="spf", le="0.0005") == 1
+
+
+def test_no_label_value_comes_from_the_message() -> None:
+    metrics = Metrics()
+    verdict = Verdict(Action.REJECT, Reason.DMARC_POLICY, applied_disposition="reject")
+    metrics.observe_message(analysis(), verdict, 0, 0.001)
+    metrics.observe_dns("TYPE65534", DnsOutcome.TIMEOUT, 1.5)
+    text = generate_latest(metrics.registry).decode()
+    for leaked in ("bank.example", "evil.example", "x@", "TYPE65534", "TLS_AES"):
+        assert leaked not in text
+    assert 'mailsec_dns_queries_total{outcome="timeout",type="other"} 1.0' in text
+
+
+def test_every_combination_exists_before_the_first_message() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    assert 'mailsec_messages_total{reason="dns_temperror",verdict="tempfail"} 0.0' in text
+    assert 'mailsec_dmarc_policy_total{applied="quarantine",published="reject"} 0.0' in text
+    assert "mailsec_build_info{" in text
+
+
+def test_histograms_resolve_sub_millisecond_work() -> None:
+    buckets = [float(b) for b in Metrics().message_seconds._upper_bounds]
+    assert sum(1 for b in buckets if b < 0.001) >= 3
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    for doc in describe():
+        assert doc.name.startswith("mailsec_")
+        if doc.kind == "counter":
+            assert doc.name.endswith("_total")
+        if doc.kind == "histogram":
+            assert doc.name.endswith("_seconds")
+        assert not {"domain", "ip", "address", "queue_id", "client"} & set(doc.labels)
+
+
+def test_metrics_doc_matches_the_code() -> None:
+    assert render_markdown() in (REPO / "docs" / "METRICS.md").read_text(), (
+        "docs/METRICS.md is stale: run scripts/gen-docs.sh")
