@@ -254,7 +254,7 @@ def _dmarc_result(dmarc: DmarcOutcome, verdict: Verdict | None) -> ResInfo:
         notes.append(f"dis={verdict.applied_disposition}")
     if verdict is not None and verdict.dry_run_action is not None:
         notes.append(f"dry run: would {verdict.dry_run_action.value}")
-    if verdict is not None and verdict.override_detail:
+    if verdict is not None and verdict.override_detail and verdict.dry_run_action is None:
         notes.append(verdict.override_detail)
     if dmarc.result is not AuthResult.PASS and dmarc.reason:
         notes.append(dmarc.reason)
