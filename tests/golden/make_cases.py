@@ -92,12 +92,12 @@ def main() -> None:
     write("05-np-applies-to-a-non-existent-subdomain",
           mail("ceo@nosuch.corp.example", "np"),
           envelope(FORGER_IP, "mail.forger.example", "x@forger.example"),
-          BASE_ZONE + ['_dmarc.corp.example. TXT "v=DMARC1; p=none; np=reject"',
-                       "corp.example. A 192.0.2.9"])
+          [*BASE_ZONE, '_dmarc.corp.example. TXT "v=DMARC1; p=none; np=reject"',
+           "corp.example. A 192.0.2.9"])
     write("06-dmarc-record-timeout-tempfails",
           mail("ceo@slow.example", "slow dns"),
           envelope(FORGER_IP, "mail.forger.example", "x@forger.example"),
-          BASE_ZONE + ["_dmarc.slow.example. TXT TIMEOUT", "slow.example. A 192.0.2.10"])
+          [*BASE_ZONE, "_dmarc.slow.example. TXT TIMEOUT", "slow.example. A 192.0.2.10"])
     write("07-second-author-cannot-turn-fail-into-pass",
           sign(mail("a@forger.example, b@bank.example", "two authors"), "forger.example"),
           envelope(FORGER_IP, "mail.forger.example", "x@forger.example"))
@@ -116,7 +116,7 @@ def main() -> None:
           sign(mail("alice@bank.example", "old signer"), "bank.example", "rsa",
                algorithm="rsa-sha1", key=dkimkeys.rsa_key(1024)),
           envelope(FORGER_IP, "mail.forger.example", "x@forger.example"),
-          BASE_ZONE + [dkimkeys.zone_line("rsa._domainkey.bank.example",
+          [*BASE_ZONE, dkimkeys.zone_line("rsa._domainkey.bank.example",
                                           dkimkeys.rsa_key(1024).record())])
     write("12-comment-inside-the-from-domain",
           mail("ceo@bank.example(.forger.example)", "comment trick"),
