@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the milter in the foreground, logging to stderr")
     run.add_argument("--config", help="TOML file; without it the embedded defaults are used")
+    run.add_argument("--user", help="started as root, switch to this user ([milter] user)")
 
     check = sub.add_parser("check", help="run one message offline through the same engine")
     check.add_argument("--config")
@@ -95,8 +96,10 @@ def _run(args: argparse.Namespace) -> int:
     from .daemon import run  # imports libmilter; keep other commands free of it
 
     settings = load_settings(args.config)
+    if args.user:
+        settings = replace(settings, user=args.user)
     _setup_logging(settings.log_level)
-    return run(settings)
+    return run(settings, args.config, args.user)
 
 
 def _tls_from_arg(text: str | None) -> TlsInfo:

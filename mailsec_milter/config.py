@@ -61,7 +61,8 @@ def parse_socket_spec(value: str) -> str:
     if value.startswith(("inet:", "inet6:")):
         rest = value.split(":", 1)[1]
         port_text, _, host = rest.partition("@")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        # isascii(): str.isdigit() also accepts "²" (int() refuses it) and "٣" (int() reads 3)
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"bad port in {value!r}")
         if not host:
             raise ValueError(f"missing host in {value!r}: write inet:PORT@HOST")
@@ -121,6 +122,13 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 def _socket(value: Any) -> str:
     return parse_socket_spec(_str(value))
+
+
+def _octal_mode(value: Any) -> int:
+    text = _str(value)
+    if not re.match(r"^0?[0-7]{3}$", text):
+        raise ValueError(f"{text!r}: expected an octal mode such as \"0660\"")
+    return int(text, 8)
 
 
 def _listen(value: Any) -> str:
@@ -190,7 +198,7 @@ def _domain_overrides(value: Any) -> tuple[tuple[str, str], ...]:
 
 def _header_name(value: Any) -> str:
     name = _str(value)
-    if not re.match(r"^[!-9;-~]+$", name):
+    if not re.fullmatch(r"[!-9;-~]+", name):  # fullmatch: "$" would let a final "\n" in
         raise ValueError(f"{name!r} is not a header field name")
     return name
 
@@ -218,6 +226,13 @@ KEYS: tuple[Key, ...] = (
         "Where the MTA connects, in libmilter syntax: inet:PORT@HOST, inet6:PORT@HOST or "
         "unix:/path.",
         "socket"),
+    Key("milter", "user", "", _str,
+        "Started as root, switch to this unprivileged user once the socket is open (the "
+        "daemon refuses to keep running as root).", "user name"),
+    Key("milter", "socket_mode", "0660", _octal_mode,
+        "Permissions of a unix: socket (octal).", "octal mode"),
+    Key("milter", "socket_group", "", _str,
+        "Group of a unix: socket, e.g. \"postfix\"; empty keeps the default.", "group name"),
     Key("milter", "authserv_id", "", _str,
         "The authserv-id in our Authentication-Results header; empty means this host's FQDN.",
         "string"),
@@ -319,11 +334,15 @@ class Reply:
 
 def parse_reply(value: Any, expect_class: str) -> Reply:
     text = _str(value).strip()
-    match = re.match(r"^([245]\d\d)\s+([245]\.\d{1,3}\.\d{1,3})\s+(.+)$", text)
+    match = re.fullmatch(r"([245][0-9][0-9])[ \t]+([245]\.[0-9]{1,3}\.[0-9]{1,3})[ \t]+(.+)", text)
     if match is None:
         raise ValueError(f"expected \"CODE X.Y.Z text\", e.g. \"451 4.7.0 try later\", "
                          f"got {text!r}")
     code, status, message = match.groups()
+    if not re.fullmatch(r"[\x20-\x7e\t]+", message):
+        # libmilter refuses CR/LF in a reply (the reply then fails at the end of a message)
+        # and SMTP reply text is printable US-ASCII (RFC 5321 4.2)
+        raise ValueError(f"reply text must be printable ASCII on one line, got {message!r}")
     if code[0] != status[0]:
         raise ValueError(f"reply code {code} and status {status} disagree (a {code[0]}xx reply "
                          f"needs a {code[0]}.x.x status)")
@@ -338,14 +357,25 @@ TEMPLATE_FIELDS = frozenset({"domain", "failed"})
 
 
 def _check_template(text: str) -> None:
+    """Only plain ``{domain}`` / ``{failed}`` placeholders: a conversion (``{domain!x}``) or a
+    format spec (``{domain:d}``, ``{domain:>999999999}``) would raise or allocate without
+    bound when the reply is filled in at the end of a message."""
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise ValueError(f"bad template: {exc}") from None
+    fields = {name for _, name, _, _ in parsed if name is not None}
     unknown = fields - TEMPLATE_FIELDS
     if unknown:
         raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; "
                          f"use {{domain}} or {{failed}}")
+    for _, name, spec, conversion in parsed:
+        if name is not None and (spec or conversion):
+            raise ValueError(f"placeholder {{{name}}} takes no conversion or format spec")
+    try:
+        text.format(domain="example.com", failed="spf=fail")
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"bad template: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -353,6 +383,9 @@ class Settings:
     """Typed, frozen settings; build with ``load_settings`` or ``Settings.defaults()``."""
 
     socket: str
+    user: str
+    socket_mode: int
+    socket_group: str
     authserv_id: str
     remove_subdomain_authserv_ids: bool
     message_deadline: float
@@ -435,7 +468,7 @@ def settings_from_mapping(data: dict[str, Any], hostname: Callable[[], str] = so
             raise ConfigError(f"[policy] {name}: {exc}") from None
     if not values["authserv_id"]:
         values["authserv_id"] = hostname() or "localhost"
-    elif not re.match(r"^[A-Za-z0-9.\-_]+$", values["authserv_id"]):
+    elif not re.fullmatch(r"[A-Za-z0-9.\-_]+", values["authserv_id"]):
         raise ConfigError("[milter] authserv_id: must be a host name (letters, digits, . - _)")
     return Settings(**values)
 
@@ -452,14 +485,22 @@ def load_settings(path: str | Path | None) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    return settings_from_toml(text, str(path))
+
+
+def settings_from_toml(text: str, origin: str = "<config>",
+                       hostname: Callable[[], str] = socket.getfqdn) -> Settings:
+    """Parse TOML text and validate it; every problem is a ConfigError naming ``origin``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
-    return settings_from_mapping(data)
+        raise ConfigError(f"{origin}: TOML syntax error: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[...]]]]"
+        raise ConfigError(f"{origin}: TOML syntax error: nested too deeply") from None
+    return settings_from_mapping(data, hostname)
 
 
 def _toml_value(value: Any) -> str:

@@ -101,6 +101,8 @@ class Resolver(Protocol):
 
     def prefetch(self, name: str, rdtype: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class BoundLookup:
     """A resolver bound to one message's deadline; this is what checks receive."""
@@ -227,7 +229,9 @@ class CachingResolver:
         self._backend = backend or _DnspythonBackend(settings).lookup
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """No new prefetches; lookups already queued or running still finish (a reload must
+        not turn the answers of messages in flight into timeouts)."""
+        self._pool.shutdown(wait=False, cancel_futures=False)
 
     def prefetch(self, name: str, rdtype: str) -> None:
         """Start a lookup in the background unless its answer is cached or already coming."""
@@ -421,6 +425,9 @@ class StaticResolver:
             self._names.add(".".join(labels[i:]))
 
     def prefetch(self, name: str, rdtype: str) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
     def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult:

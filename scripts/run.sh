@@ -4,4 +4,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 "$here/scripts/install-deps.sh"
+# The daemon refuses to keep running as root: started as root, it switches to "nobody" here
+# (a real installation uses a dedicated account: see docs/MILTER_README.md and systemd/).
+if [ "$(id -u)" -eq 0 ]; then
+  exec "$here/.venv/bin/mailsec-milter" run --user nobody "$@"
+fi
 exec "$here/.venv/bin/mailsec-milter" run "$@"

@@ -22,6 +22,14 @@ from ..dns import DnsOutcome, Lookup
 from ..model import AuthResult, Header, MessageSnapshot
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: keys below 1024 bits must not be treated as valid
+# The key comes from the signer's DNS, so its size is attacker-chosen, and dkimpy's RSA is a
+# plain pow() that holds the GIL: a 32768-bit key with a 32768-bit exponent costs ~1 minute of
+# CPU per signature, stalling every session. Refuse what OpenSSL refuses for public-key
+# operations (OPENSSL_RSA_MAX_MODULUS_BITS; OPENSSL_RSA_MAX_PUBEXP_BITS above
+# OPENSSL_RSA_SMALL_MODULUS_BITS), which bounds one verification to ~20 ms.
+MAX_RSA_BITS = 16384
+MAX_RSA_EXPONENT_BITS = 64
+RSA_SMALL_MODULUS_BITS = 3072
 ACCEPTED_ALGORITHMS = frozenset({"rsa-sha256", "ed25519-sha256"})
 # rsa-sha1 is still verified, so that a forgery reads `fail` and a genuine one `policy`
 # (RFC 8301 §3.1: never `pass`).
@@ -204,6 +212,9 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
     if pk is None:  # evaluate_pk silently drops keys with an unknown s= service type
         return _describe(header, AuthResult.PERMERROR, "key is not for email (s= tag)")
     key_type = ktag.decode() if isinstance(ktag, bytes) else str(ktag)
+    too_costly = _rsa_cost_problem(pk) if key_type == "rsa" else ""
+    if too_costly:
+        return _describe(header, AuthResult.PERMERROR, f"unusable key: {too_costly}", key_bits)
     if not algorithm.startswith(key_type + "-"):
         return _describe(header, AuthResult.PERMERROR, "key type does not match a=", key_bits)
     problem = _key_restriction(key_tags or {}, algorithm, sig)
@@ -238,6 +249,22 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
             return _describe(header, AuthResult.POLICY,
                              f"l= leaves {unsigned} body bytes unsigned", key_bits)
     return _describe(header, AuthResult.PASS, f"{key_bits}-bit key" if key_bits else "", key_bits)
+
+
+def _rsa_cost_problem(pk: object) -> str:
+    """Why verifying with this RSA key would cost too much CPU (see MAX_RSA_BITS), or ''."""
+    if not isinstance(pk, dict):
+        return "not an RSA public key"
+    modulus, exponent = pk.get("modulus"), pk.get("publicExponent")
+    if not isinstance(modulus, int) or not isinstance(exponent, int):
+        return "not an RSA public key"
+    bits = modulus.bit_length()
+    if bits > MAX_RSA_BITS:
+        return f"{bits}-bit RSA key is over {MAX_RSA_BITS} bits"
+    if bits > RSA_SMALL_MODULUS_BITS and exponent.bit_length() > MAX_RSA_EXPONENT_BITS:
+        return (f"RSA public exponent of {exponent.bit_length()} bits "
+                f"(over {MAX_RSA_EXPONENT_BITS} with a key over {RSA_SMALL_MODULUS_BITS} bits)")
+    return ""
 
 
 def _key_restriction(key_tags: dict[str, bytes], algorithm: str, sig: dict[bytes, bytes]) -> str:

@@ -124,6 +124,7 @@ def check_spf(
     receiver: str = "",
 ) -> SpfOutcome:
     """Evaluate one SPF identity. DNS trouble is ``temperror``, never ``none`` or ``fail``."""
+    mail_from, helo = _without_surrogates(mail_from), _without_surrogates(helo)
     sender = spf_identity(identity, mail_from, helo)
     domain = sender.rpartition("@")[2].lower()
     reported = helo.strip() if identity is SpfIdentity.HELO else sender
@@ -151,6 +152,15 @@ def check_spf(
     result = _PYSPF_RESULTS.get(str(code).lower(), AuthResult.PERMERROR)
     comment = _comment(result, domain, ip, str(getattr(query, "prob", "") or ""))
     return SpfOutcome(identity, result, reported, domain, comment)
+
+
+def _without_surrogates(text: str) -> str:
+    """pymilter hands undecodable envelope bytes over as lone surrogates (``surrogateescape``);
+    pyspf cannot encode those (a ``%{L}`` macro raises UnicodeEncodeError in urllib's quote),
+    so each becomes U+FFFD. Regression: tests/robustness/test_fuzz_regressions.py."""
+    if not any("\ud800" <= char <= "\udfff" for char in text):
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9 ._-]")

@@ -44,7 +44,11 @@ class MilterProcess:
     """The daemon on a loopback TCP port (or a unix socket), stopped with SIGTERM at close()."""
 
     def __init__(self, config: dict[str, dict[str, Any]] | None = None, *,
-                 unix_socket: bool = False) -> None:
+                 unix_socket: bool = False, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None, extra_args: list[str] | None = None) -> None:
+        self.env = env
+        self.prefix = prefix or []
+        self.extra_args = extra_args or []
         self.workdir = Path(tempfile.mkdtemp(prefix="mailsec-milter-"))
         os.chmod(self.workdir, 0o755)  # Postfix's smtpd (user postfix) must reach a unix socket
         self.config = {k: dict(v) for k, v in (config or {}).items()}
@@ -56,6 +60,8 @@ class MilterProcess:
             else:
                 milter["socket"] = f"inet:{free_tcp_port()}@127.0.0.1"
         milter.setdefault("authserv_id", "mx.test.example")
+        if os.geteuid() == 0:  # the daemon refuses to stay root
+            milter.setdefault("user", "nobody")
         # Every test daemon gets its own metrics port (the default 9894 would collide).
         self.config.setdefault("metrics", {}).setdefault("listen",
                                                          f"127.0.0.1:{free_tcp_port()}")
@@ -82,18 +88,24 @@ class MilterProcess:
         port, _, host = spec.split(":", 1)[1].partition("@")
         return f"inet:{host}:{port}"
 
-    def start(self, timeout: float = 20.0) -> MilterProcess:
+    def write_config(self, config: dict[str, dict[str, Any]] | str) -> None:
+        """Replace the configuration file (for reload tests); keeps the socket settings."""
+        self.config_path.write_text(config if isinstance(config, str) else render_toml(config))
+
+    def start(self, timeout: float = 20.0, *, widen_unix_socket: bool = True) -> MilterProcess:
         log = self.log_path.open("ab")
+        env = None if self.env is None else {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mailsec_milter", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+            [*self.prefix, sys.executable, "-m", "mailsec_milter", "run", "--config",
+             str(self.config_path), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"milter exited early:\n{self.log()}")
             if "listening on" in self.log() and self._reachable():
-                if self.socket_spec.startswith("unix:"):
+                if self.socket_spec.startswith("unix:") and widen_unix_socket:
                     os.chmod(self.socket_spec[5:], 0o666)
                 return self
             time.sleep(0.05)

@@ -1,0 +1,201 @@
+"""The daemon's life: reload on SIGHUP, graceful stop, readiness, socket activation, privileges."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mailsec_milter.testing import milterclient as mc
+from tests.support.dnsserver import DnsTestServer
+from tests.support.milterproc import REPO, MilterProcess, free_tcp_port, render_toml
+
+MESSAGE = (b"From: a@sender.example\r\nTo: b@example.net\r\nSubject: hi\r\n"
+           b"Message-ID: <1@sender.example>\r\n\r\nbody\r\n")
+NO_DNS: dict[str, object] = {}  # filled by the dns fixture: a server that knows no names
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dns() -> Iterator[DnsTestServer]:
+    """An empty zone: every lookup is a quick NXDOMAIN, so verdicts do not depend on DNS."""
+    with DnsTestServer() as server:
+        NO_DNS.update({"nameservers": [server.nameserver], "timeout": "1s"})
+        yield server
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def inserted(result: mc.SessionResult) -> str:
+    return next(e.value for e in result.header_edits if e.kind == "insert")
+
+
+def one_message(process: MilterProcess) -> mc.SessionResult:
+    with mc.MilterClient.connect(process.socket_spec) as client:
+        return client.send_message(MESSAGE, client_ip="192.0.2.10", helo="client.test.example",
+                                   mail_from="a@sender.example", rcpts=["b@example.net"])
+
+
+@pytest.fixture
+def milter() -> Iterator[MilterProcess]:
+    process = MilterProcess({"milter": {"authserv_id": "before.test.example"}, "dns": NO_DNS})
+    with process:
+        yield process
+
+
+def config_with(process: MilterProcess, authserv_id: str) -> str:
+    config = {k: dict(v) for k, v in process.config.items()}
+    config["milter"]["authserv_id"] = authserv_id
+    return render_toml(config)
+
+
+def test_sighup_reloads_without_dropping_a_session_in_flight(milter: MilterProcess) -> None:
+    assert milter.process is not None
+    with mc.MilterClient.connect(milter.socket_spec) as client:
+        client.negotiate()
+        client.smtp_connect("[192.0.2.10]", "4", 0, "192.0.2.10")
+        client.helo("client.test.example")
+        client.mail_from("<a@sender.example>")
+        client.rcpt("<b@example.net>")
+        client.data()  # answered: the milter has seen MAIL FROM when this returns
+        milter.write_config(config_with(milter, "after.test.example"))
+        milter.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "configuration reloaded" in milter.log()), milter.log()
+        # The message begun before the reload finishes on the same connection, with the
+        # configuration it started with.
+        for line in MESSAGE.split(b"\r\n\r\n")[0].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            client.header(name.decode(), value)
+        client.eoh()
+        client.body(b"body\r\n")
+        end = client.eom()
+    edits = mc.header_edits(end.modifications)
+    assert any(e.kind == "insert" and "before.test.example" in e.value for e in edits)
+    # New messages use the new configuration; the process never restarted.
+    assert inserted(one_message(milter)).startswith(" after.test.example;")
+    assert milter.process.poll() is None
+
+
+def test_a_broken_config_on_reload_keeps_the_old_one_running(milter: MilterProcess) -> None:
+    assert milter.process is not None
+    milter.write_config('[dns]\ntimeout = "soon"\n')
+    milter.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "reload failed" in milter.log()), milter.log()
+    assert "[dns] timeout" in milter.log()
+    assert inserted(one_message(milter)).startswith(" before.test.example;")
+    assert milter.process.poll() is None
+
+
+def test_sigterm_lets_the_process_exit_cleanly(milter: MilterProcess) -> None:
+    one_message(milter)
+    assert milter.stop() == 0
+    assert "finishing messages in flight" in milter.log()
+    assert "mailsec-milter stopped" in milter.log()
+
+
+def test_readiness_reload_and_stop_are_told_to_systemd() -> None:
+    # Not pytest's tmp_path: its parent is 0700 and the daemon sends after dropping root.
+    folder = Path(tempfile.mkdtemp(prefix="notify-"))
+    os.chmod(folder, 0o755)
+    path = folder / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    os.chmod(path, 0o777)
+    receiver.settimeout(15)
+    process = MilterProcess({"dns": NO_DNS}, env={"NOTIFY_SOCKET": str(path)}).start()
+    try:
+        assert receiver.recv(4096).startswith(b"READY=1")
+        assert process.process is not None
+        process.process.send_signal(signal.SIGHUP)
+        assert receiver.recv(4096).startswith(b"RELOADING=1")
+        assert receiver.recv(4096).startswith(b"READY=1")
+        process.process.send_signal(signal.SIGTERM)
+        assert receiver.recv(4096).startswith(b"STOPPING=1")
+    finally:
+        process.stop()
+        receiver.close()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/systemd-socket-activate").exists(),
+                    reason="systemd-socket-activate not installed")
+def test_socket_activation_accepts_on_the_inherited_socket() -> None:
+    port = free_tcp_port()
+    process = MilterProcess(
+        {"milter": {"socket": "inet:1@127.0.0.1"}, "dns": NO_DNS},  # never opened: fd 3 is used
+        prefix=["/usr/bin/systemd-socket-activate", "-l", f"127.0.0.1:{port}"])
+    process.config["milter"]["socket"] = f"inet:{port}@127.0.0.1"  # where clients connect
+
+    def first_connection() -> None:  # like systemd, the tool starts the service on demand
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    trigger = threading.Thread(target=first_connection)
+    trigger.start()
+    process.start()
+    trigger.join()
+    try:
+        assert "listening on fd:3" in process.log()
+        assert inserted(one_message(process)).startswith(" mx.test.example;")
+    finally:
+        process.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="privilege tests need root")
+def test_started_as_root_it_drops_to_the_named_user() -> None:
+    with MilterProcess({"dns": NO_DNS}) as process:
+        assert process.process is not None
+        status = Path(f"/proc/{process.process.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert set(uid_line.split()[1:]) == {str(pwd.getpwnam("nobody").pw_uid)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="privilege tests need root")
+def test_refuses_to_run_as_root_without_a_user(tmp_path: Path) -> None:
+    config = tmp_path / "root.toml"
+    config.write_text(render_toml({"milter": {"socket": f"inet:{free_tcp_port()}@127.0.0.1",
+                                              "user": ""},
+                                   "metrics": {"listen": ""}, "dns": NO_DNS}))
+    result = subprocess.run([sys.executable, "-m", "mailsec_milter", "run", "--config",
+                             str(config)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 1
+    assert "refusing to run as root" in result.stderr
+
+
+def test_unix_socket_mode_is_applied() -> None:
+    process = MilterProcess({"milter": {"socket_mode": "0660"}, "dns": NO_DNS},
+                            unix_socket=True)
+    process.start(widen_unix_socket=False)
+    try:
+        mode = os.stat(process.socket_spec.split(":", 1)[1]).st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o660
+    finally:
+        process.stop()
+
+
+def test_metrics_bind_loopback_by_default() -> None:
+    from mailsec_milter.config import Settings
+
+    assert Settings.defaults().metrics_listen.startswith("127.0.0.1:")
