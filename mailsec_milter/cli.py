@@ -36,11 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Inbound mail-authentication milter (SPF, DKIM, TLS; one A-R header).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the milter in the foreground, logging to stderr")
+    run = sub.add_parser("run", help="run the milter in the foreground, logging to stderr",
+                         description="Run the milter in the foreground, logging to stderr. "
+                         "Without --config it runs on the embedded defaults.")
     run.add_argument("--config", help="TOML file; without it the embedded defaults are used")
     run.add_argument("--user", help="started as root, switch to this user ([milter] user)")
 
-    check = sub.add_parser("check", help="run one message offline through the same engine")
+    check = sub.add_parser("check", help="run one message offline through the same engine",
+                           description="Run one message through the same engine, policy and "
+                           "renderer as the daemon and print the Authentication-Results header "
+                           "it would add and the verdict.")
     check.add_argument("--config")
     check.add_argument("--client-ip", required=True)
     check.add_argument("--helo", required=True)
@@ -54,13 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("message", help="the message file (.eml)")
 
-    check_config = sub.add_parser("check-config", help="validate a configuration file")
+    check_config = sub.add_parser("check-config", help="validate a configuration file",
+                                  description="Validate a configuration file; exit 0 if it is "
+                                  "valid, 2 with a message naming the key otherwise.")
     check_config.add_argument("path")
 
-    defaults = sub.add_parser("print-defaults", help="print the full default configuration")
+    defaults = sub.add_parser("print-defaults", help="print the full default configuration",
+                              description="Print the full default configuration as commented "
+                              "TOML.")
     defaults.add_argument("--markdown", action="store_true", help="as the docs' table")
 
     sub.add_parser("version", help="print the version")
+    sub.add_parser("manpage", help="print the mailsec-milter(8) manual page (roff)")
     return parser
 
 
@@ -78,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "print-defaults":
             sys.stdout.write(render_defaults_markdown() if args.markdown
                              else render_defaults_toml())
+            return 0
+        if args.command == "manpage":
+            from .manpage import render as render_manpage
+
+            sys.stdout.write(render_manpage(_parser()))
             return 0
         print(__version__)
         return 0

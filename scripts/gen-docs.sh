@@ -20,4 +20,7 @@ text = doc.read_text()
 text = re.sub(r"(<!-- generated: metrics -->\n).*?(<!-- end generated -->)",
               lambda m: m.group(1) + render_markdown() + m.group(2), text, flags=re.S)
 doc.write_text(text)
+man = subprocess.run([str(root / ".venv/bin/mailsec-milter"), "manpage"], check=True,
+                     capture_output=True, text=True).stdout
+(root / "docs" / "mailsec-milter.8").write_text(man)
 PY
