@@ -1,0 +1,122 @@
+"""The engine: early starts, prefetches, the deadline, and isolation of a crashing check."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mailsec_milter import engine as engine_module
+from mailsec_milter.config import settings_from_mapping
+from mailsec_milter.dns import Deadline, DnsResult, StaticResolver
+from mailsec_milter.engine import Engine
+from mailsec_milter.model import AuthResult, Envelope, MessageSnapshot, parse_message
+from mailsec_milter.policy import Action, Reason, decide
+
+ZONE = """
+sender.example. TXT "v=spf1 ip4:192.0.2.0/24 -all"
+_dmarc.sender.example. TXT "v=DMARC1; p=reject"
+"""
+RAW = (b"From: a@sender.example\r\nTo: b@example.net\r\nSubject: x\r\n"
+       b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.example; s=sel; h=from; bh=AA==; b=AA==\r\n"
+       b"\r\nbody\r\n")
+ENVELOPE = Envelope(client_ip="192.0.2.10", helo="mail.sender.example",
+                    mail_from="a@sender.example")
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(4) as executor:
+        yield executor
+
+
+def snapshot() -> MessageSnapshot:
+    headers, body = parse_message(RAW)
+    return MessageSnapshot(ENVELOPE, headers, body)
+
+
+SETTINGS = settings_from_mapping({"milter": {"authserv_id": "mx.test.example",
+                                             "message_deadline": "500ms"}})
+
+
+class RecordingResolver(StaticResolver):
+    def __init__(self) -> None:
+        super().__init__(StaticResolver.from_zone_text(ZONE)._by_key.values())
+        self.prefetched: list[tuple[str, str]] = []
+
+    def prefetch(self, name: str, rdtype: str) -> None:
+        self.prefetched.append((name, rdtype))
+
+
+class BlockingResolver(StaticResolver):
+    """Answers after ``release`` is set, or reports TIMEOUT when the caller's deadline ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult:
+        self.release.wait(deadline.remaining() if deadline is not None else 5)
+        return super().query(name, rdtype, deadline)
+
+
+def test_headers_start_dkim_key_and_dmarc_prefetches(pool: ThreadPoolExecutor) -> None:
+    resolver = RecordingResolver()
+    run = Engine(SETTINGS, resolver, pool).begin(ENVELOPE)
+    for header in snapshot().headers:
+        run.saw_header(header)
+    assert ("sel._domainkey.sender.example", "TXT") in resolver.prefetched
+    assert ("_dmarc.sender.example", "TXT") in resolver.prefetched
+
+
+def test_spf_starts_at_mail_from_before_the_message_is_complete(pool: ThreadPoolExecutor) -> None:
+    resolver = RecordingResolver()
+    Engine(SETTINGS, resolver, pool).begin(ENVELOPE)
+    pool.shutdown(wait=True)  # nothing but the early SPF checks was submitted
+    assert ("sender.example", "TXT") in resolver.queries
+    assert ("mail.sender.example", "TXT") in resolver.queries
+
+
+def test_a_crashing_check_becomes_temperror_and_tempfails(
+        pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(engine_module, "check_dkim", boom)
+    analysis = Engine(SETTINGS, RecordingResolver(), pool).analyse(snapshot())
+    assert [e.check for e in analysis.errors] == ["dkim"]
+    assert analysis.dkim.signatures[0].result is AuthResult.TEMPERROR
+    assert analysis.spf_mailfrom.result is AuthResult.PASS  # the others are unaffected
+    verdict = decide(analysis, ENVELOPE, SETTINGS)
+    assert verdict.action is Action.TEMPFAIL and verdict.reason is Reason.INTERNAL_ERROR
+
+
+def test_a_crashing_early_check_is_isolated_too(
+        pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ValueError("pyspf bug")
+
+    monkeypatch.setattr(engine_module, "check_spf", boom)
+    analysis = Engine(SETTINGS, RecordingResolver(), pool).analyse(snapshot())
+    assert {e.check for e in analysis.errors} == {"spf", "spf_helo"}
+    assert analysis.spf_mailfrom.result is AuthResult.TEMPERROR
+
+
+def test_the_message_deadline_bounds_the_wait(pool: ThreadPoolExecutor) -> None:
+    resolver = BlockingResolver()
+    try:
+        analysis = Engine(SETTINGS, resolver, pool).analyse(snapshot())
+    finally:
+        resolver.release.set()
+    assert analysis.spf_mailfrom.result is AuthResult.TEMPERROR
+    assert analysis.spf_mailfrom.comment == "check did not complete"
+    assert analysis.dmarc is not None and analysis.dmarc.result is AuthResult.TEMPERROR
+    assert not analysis.errors  # slow DNS is not a bug
+
+
+def test_dmarc_can_be_switched_off(pool: ThreadPoolExecutor) -> None:
+    settings = settings_from_mapping({"dmarc": {"enabled": False}})
+    analysis = Engine(settings, RecordingResolver(), pool).analyse(snapshot())
+    assert analysis.dmarc is None
