@@ -111,7 +111,8 @@ def test_the_message_deadline_bounds_the_wait(pool: ThreadPoolExecutor) -> None:
     finally:
         resolver.release.set()
     assert analysis.spf_mailfrom.result is AuthResult.TEMPERROR
-    assert analysis.spf_mailfrom.comment == "check did not complete"
+    assert "did not complete" in analysis.spf_mailfrom.comment or "temporarily" in (
+        analysis.spf_mailfrom.comment)
     assert analysis.dmarc is not None and analysis.dmarc.result is AuthResult.TEMPERROR
     assert not analysis.errors  # slow DNS is not a bug
 
