@@ -227,3 +227,60 @@ def test_metrics_endpoint_counts_messages(milter: MilterProcess) -> None:
     assert accepted(after_text) == before + 1
     assert 'mailsec_dns_queries_total{outcome="answer",type="TXT"}' in after_text
     assert "mailsec_connections_total" in after_text
+
+
+@pytest.fixture(scope="module")
+def policy_dns() -> Iterator[str]:
+    with DnsTestServer() as server:
+        server.add("shop.example", "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
+        server.add("shop.example", "A", "192.0.2.1")
+        server.add("_dmarc.shop.example", "TXT", "v=DMARC1; p=quarantine")
+        server.add("bank.example", "A", "192.0.2.2")
+        server.add("_dmarc.bank.example", "TXT", "v=DMARC1; p=reject")
+        yield server.nameserver
+
+
+def forged(author: str, extra: str = "") -> bytes:
+    return (f"{extra}From: {author}\r\nTo: b@example.net\r\nSubject: forged\r\n\r\nx\r\n"
+            ).encode()
+
+
+def forge(process: MilterProcess, raw: bytes) -> mc.SessionResult:
+    with mc.MilterClient.connect(process.socket_spec) as client:
+        return client.send_message(raw, client_ip="198.51.100.66", helo="evil.example",
+                                   mail_from="x@evil.example", rcpts=["b@example.net"])
+
+
+@pytest.mark.parametrize("method", ["hold", "tag", "both"])
+def test_quarantine_methods(policy_dns: str, method: str) -> None:
+    config = {"dns": {"nameservers": [policy_dns]}, "policy": {"quarantine_method": method}}
+    with MilterProcess(config) as process:
+        result = forge(process, forged("billing@shop.example",
+                                       "X-Mailsec-Quarantine: no (set by the sender)\r\n"))
+    inserts = {e.name: e.value for e in result.header_edits if e.kind == "insert"}
+    deletes = [(e.name, e.index) for e in result.header_edits if e.is_delete]
+    assert "dmarc=fail" in inserts["Authentication-Results"]
+    assert ("X-Mailsec-Quarantine", 1) in deletes  # nobody outside may set our tag
+    if method in ("tag", "both"):
+        assert inserts["X-Mailsec-Quarantine"].startswith(" yes (DMARC fail for shop.example")
+    else:
+        assert "X-Mailsec-Quarantine" not in inserts
+    assert (result.quarantine_reason is not None) == (method in ("hold", "both"))
+    assert result.action == ("quarantine" if method in ("hold", "both") else "accept")
+
+
+def test_reject_reply_and_dry_run(policy_dns: str) -> None:
+    with MilterProcess({"dns": {"nameservers": [policy_dns]}}) as process:
+        rejected = forge(process, forged("ceo@bank.example"))
+    assert rejected.action == "reject"
+    assert rejected.smtp_reply is not None
+    assert rejected.smtp_reply.startswith("550 5.7.1 Rejected by the DMARC policy of bank.example")
+    assert not rejected.header_edits
+    with MilterProcess({"dns": {"nameservers": [policy_dns]},
+                        "policy": {"dry_run": True}}) as process:
+        dry = forge(process, forged("ceo@bank.example"))
+        log = process.log()
+    assert dry.action == "accept"
+    header = next(e.value for e in dry.header_edits if e.kind == "insert")
+    assert "dry run: would reject" in header and "policy.applied-disposition=none" in header
+    assert "dry_run_would=reject" in log
