@@ -1,0 +1,368 @@
+"""The mailsec-milter Grafana dashboard, as code (Grafana's grafana-foundation-sdk builders).
+
+    .venv/bin/python monitoring/dashboard.py           # writes grafana/mailsec-milter.json
+    .venv/bin/python monitoring/dashboard.py --check   # exit 1 if the committed JSON is stale
+    .venv/bin/python monitoring/dashboard.py --stdout  # print it
+
+Every query goes through the ``datasource`` variable (type datasource, Prometheus plugin), is
+scoped by the ``job`` and ``instance`` variables and uses ``$__rate_interval``. Metric and label
+names are the ones in docs/METRICS.md; tests/monitoring evaluates every expression here against a
+real Prometheus scraping the real daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as common_builder
+from grafana_foundation_sdk.builders import dashboard as dashboard_builder
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+
+OUTPUT = Path(__file__).resolve().parent / "grafana" / "mailsec-milter.json"
+UID = "mailsec-milter"
+TITLE = "mailsec-milter: mail authentication"
+DEFAULT_JOB = "mailsec-milter"
+
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+SELECTOR = 'job=~"$job", instance=~"$instance"'
+RATE_INTERVAL = "$__rate_interval"
+MSG_RATE = "suffix: msg/s"
+NOT_ACCEPT = 'verdict!="accept"'
+REJECT = 'verdict="reject"'
+PASS = ', result="pass"'
+
+
+def series(metric: str, matchers: str = "") -> str:
+    """``metric{job=~"$job", instance=~"$instance"[, matchers]}``."""
+    extra = f", {matchers}" if matchers else ""
+    return f"{metric}{{{SELECTOR}{extra}}}"
+
+
+def rate(metric: str, matchers: str = "") -> str:
+    return f"rate({series(metric, matchers)}[{RATE_INTERVAL}])"
+
+
+def quantile(q: float, bucket_metric: str, by: str = "") -> str:
+    labels = f"le, {by}" if by else "le"
+    return f"histogram_quantile({q}, sum by ({labels}) ({rate(bucket_metric)}))"
+
+
+def share_of(metric: str, label: str, matchers: str = "") -> str:
+    """Each ``label`` value's share of the metric's total rate (0..1)."""
+    return (f"sum by ({label}) ({rate(metric, matchers)})\n"
+            f"  / ignoring ({label}) group_left\n"
+            f"sum ({rate(metric)})")
+
+
+def verdict_ratio(verdict: str) -> str:
+    matcher = f"verdict={json.dumps(verdict)}"
+    return (f"sum ({rate('mailsec_messages_total', matcher)})\n"
+            f"  / sum ({rate('mailsec_messages_total')})")
+
+
+def query(expr: str, legend: str = "__auto", ref: str = "A") -> prometheus.Dataquery:
+    return (prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+            .datasource(DATASOURCE).range())
+
+
+def queries(*pairs: tuple[str, str]) -> list[prometheus.Dataquery]:
+    return [query(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
+
+
+class Layout:
+    """Hands out panel ids: unique, stable, in reading order."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+
+    def take(self) -> int:
+        value = self.next_id
+        self.next_id += 1
+        return value
+
+
+def ts(layout: Layout, title: str, description: str, targets: Iterable[prometheus.Dataquery],
+       *, unit: str = MSG_RATE, width: int = 12, height: int = 8, stacked: bool = False,
+       max_value: float | None = None) -> timeseries.Panel:
+    panel = (timeseries.Panel().id(layout.take()).title(title).description(description)
+             .datasource(DATASOURCE).targets(list(targets)).unit(unit).min(0)
+             .span(width).height(height).line_width(1).fill_opacity(10)
+             .show_points(common.VisibilityMode.NEVER)
+             .legend(common_builder.VizLegendOptions()
+                     .display_mode(common.LegendDisplayMode.TABLE)
+                     .placement(common.LegendPlacement.BOTTOM).show_legend(True)
+                     .calcs(["mean", "max", "lastNotNull"]))
+             .tooltip(common_builder.VizTooltipOptions()
+                      .mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)))
+    if stacked:
+        panel = panel.stacking(common_builder.StackingConfig().mode(common.StackingMode.NORMAL))
+    if max_value is not None:
+        panel = panel.max(max_value)
+    return panel
+
+
+def big(layout: Layout, title: str, description: str, targets: Iterable[prometheus.Dataquery],
+        *, unit: str, thresholds: list[tuple[float | None, str]] | None = None,
+        width: int = 4, height: int = 4) -> stat.Panel:
+    steps = [model.Threshold(value=v, color=c)
+             for v, c in (thresholds or [(None, "green")])]
+    return (stat.Panel().id(layout.take()).title(title).description(description)
+            .datasource(DATASOURCE).targets(list(targets)).unit(unit)
+            .span(width).height(height)
+            .graph_mode(common.BigValueGraphMode.AREA)
+            .color_mode(common.BigValueColorMode.VALUE)
+            .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]))
+            .thresholds(dashboard_builder.ThresholdsConfig()
+                        .mode(model.ThresholdsMode.ABSOLUTE).steps(steps)))
+
+
+def row(layout: Layout, title: str) -> dashboard_builder.Row:
+    return dashboard_builder.Row(title).id(layout.take())
+
+
+def build() -> model.Dashboard:
+    L = Layout()  # noqa: N806 (short on purpose: it is on every line)
+    ratio_thresholds: list[tuple[float | None, str]] = [(None, "green"), (0.1, "orange"),
+                                                        (0.3, "red")]
+    tempfail_thresholds: list[tuple[float | None, str]] = [(None, "green"), (0.02, "orange"),
+                                                           (0.05, "red")]
+    b = (
+        dashboard_builder.Dashboard(TITLE)
+        .uid(UID)
+        .description("Verdicts, reasons, SPF/DKIM/DMARC results, TLS, DNS and processing time "
+                     "of mailsec-milter. Generated by monitoring/dashboard.py: edit that, not "
+                     "this JSON.")
+        .tags(["mailsec-milter", "mail", "dmarc"])
+        .editable()
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .refresh("1m")
+        .time("now-6h", "now")
+        .timezone("browser")
+        .timepicker(dashboard_builder.TimePicker().refresh_intervals(
+            ["30s", "1m", "5m", "15m", "30m", "1h"]))
+        .with_variable(
+            dashboard_builder.DatasourceVariable("datasource")
+            .label("Data source")
+            .type("prometheus"))
+        .with_variable(
+            dashboard_builder.QueryVariable("job")
+            .label("Job")
+            .query("label_values(mailsec_build_info, job)")
+            .datasource(DATASOURCE)
+            .current(model.VariableOption(selected=True, text=DEFAULT_JOB, value=DEFAULT_JOB))
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(model.VariableSort.ALPHABETICAL_ASC))
+        .with_variable(
+            dashboard_builder.QueryVariable("instance")
+            .label("Instance")
+            .query('label_values(mailsec_build_info{job=~"$job"}, instance)')
+            .datasource(DATASOURCE)
+            .current(model.VariableOption(selected=True, text="All", value="$__all"))
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(model.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*"))
+    )
+
+    # -- overview --------------------------------------------------------------------------
+    b = (
+        b.with_row(row(L, "Overview"))
+        .with_panel(big(L, "Mail", "Messages decided per second (every verdict).",
+                        queries((f'sum ({rate("mailsec_messages_total")})', "messages")),
+                        unit=MSG_RATE))
+        .with_panel(big(L, "Rejected", "Share of messages rejected (5xx).",
+                        queries((verdict_ratio("reject"), "reject")),
+                        unit="percentunit", thresholds=ratio_thresholds))
+        .with_panel(big(L, "Quarantined", "Share of messages quarantined (hold or tag).",
+                        queries((verdict_ratio("quarantine"), "quarantine")),
+                        unit="percentunit", thresholds=ratio_thresholds))
+        .with_panel(big(L, "Tempfailed", "Share of messages deferred with 4xx: mostly DNS "
+                        "trouble (reason dns_temperror) or crashed checks (internal_error).",
+                        queries((verdict_ratio("tempfail"), "tempfail")),
+                        unit="percentunit", thresholds=tempfail_thresholds))
+        .with_panel(big(L, "Dry run: would have rejected",
+                        "Messages a dry-run instance accepted but would have rejected.",
+                        queries((f"sum ({rate('mailsec_dry_run_verdicts_total', REJECT)})",
+                                 "would reject")),
+                        unit=MSG_RATE))
+        .with_panel(big(L, "Connections open", "MTA connections open right now.",
+                        queries((f"sum ({series('mailsec_connections_open')})", "open")),
+                        unit="short"))
+    )
+
+    # -- verdicts --------------------------------------------------------------------------
+    b = (
+        b.with_row(row(L, "Verdicts"))
+        .with_panel(ts(L, "Messages by verdict", "Rate of accept, quarantine, reject and "
+                       "tempfail verdicts.",
+                       queries((f'sum by (verdict) ({rate("mailsec_messages_total")})',
+                                "{{verdict}}")), stacked=True))
+        .with_panel(ts(L, "Reject, quarantine and tempfail ratio",
+                       "Each non-accept verdict as a share of all mail.",
+                       queries((share_of("mailsec_messages_total", "verdict",
+                                         'verdict!="accept"'), "{{verdict}}")),
+                       unit="percentunit"))
+        .with_panel(ts(L, "Top reasons (reject, quarantine, tempfail)",
+                       "The ten verdict and reason pairs that refused, held or deferred the "
+                       "most mail.",
+                       queries((f"topk(10, sum by (verdict, reason) "
+                                f"({rate('mailsec_messages_total', NOT_ACCEPT)}))",
+                                "{{verdict}}: {{reason}}"))))
+        .with_panel(ts(L, "Dry run: would-be verdicts",
+                       "Verdicts a dry-run instance would have applied (it accepted the mail).",
+                       queries((f"sum by (verdict, reason) "
+                                f"({rate('mailsec_dry_run_verdicts_total', NOT_ACCEPT)})",
+                                "would {{verdict}}: {{reason}}"))))
+    )
+
+    # -- authentication --------------------------------------------------------------------
+    methods = 'method=~"spf|dkim|dmarc"'
+    b = (
+        b.with_row(row(L, "Authentication"))
+        .with_panel(ts(L, "SPF / DKIM / DMARC pass ratio",
+                       "Share of results that are pass, per method (DKIM: per signature, "
+                       "unsigned messages count as dkim=none).",
+                       queries((f"sum by (method) "
+                                f"({rate('mailsec_auth_results_total', methods + PASS)})\n"
+                                f"  / sum by (method) "
+                                f'({rate("mailsec_auth_results_total", methods)})',
+                                "{{method}}")),
+                       unit="percentunit", max_value=1))
+        .with_panel(ts(L, "DMARC outcomes by published policy",
+                       "DMARC-evaluated messages by the sender's published policy and the "
+                       "disposition applied (not_applied: pass, p=none or temperror).",
+                       queries((f"sum by (published, applied) "
+                                f'({rate("mailsec_dmarc_policy_total")})',
+                                "p={{published}} → {{applied}}")), stacked=True))
+        .with_panel(ts(L, "TLS share of inbound messages",
+                       "Messages by the TLS version of the session they came over "
+                       "(plaintext: no TLS).",
+                       queries((share_of("mailsec_tls_messages_total", "version"),
+                                "{{version}}")),
+                       unit="percentunit", stacked=True, max_value=1))
+        .with_panel(ts(L, "DKIM signatures by algorithm and key size",
+                       "Verified DKIM signatures by algorithm, key size and result.",
+                       queries((f"sum by (algorithm, key_bits, result) "
+                                f'({rate("mailsec_dkim_signatures_total")})',
+                                "{{algorithm}} {{key_bits}} bits: {{result}}")),
+                       unit="ops"))
+        .with_panel(ts(L, "Authentication results by method",
+                       "Every result per method (spf, spf_helo, dkim, dmarc, tls).",
+                       queries((f"sum by (method, result) "
+                                f'({rate("mailsec_auth_results_total")})',
+                                "{{method}}={{result}}")), unit="ops"))
+        .with_panel(ts(L, "Forged Authentication-Results removed",
+                       "Incoming Authentication-Results headers that claimed our authserv-id "
+                       "and were deleted.",
+                       queries((f'sum ({rate("mailsec_forged_authres_removed_total")})',
+                                "removed")), unit="ops"))
+    )
+
+    # -- DNS -------------------------------------------------------------------------------
+    dns_bucket = "mailsec_dns_query_duration_seconds_bucket"
+    failures = 'outcome=~"timeout|servfail"'
+    b = (
+        b.with_row(row(L, "DNS"))
+        .with_panel(ts(L, "DNS latency", "Latency percentiles of queries that went to the "
+                       "network (cache hits are not queries).",
+                       queries((quantile(0.5, dns_bucket), "p50"),
+                               (quantile(0.95, dns_bucket), "p95"),
+                               (quantile(0.99, dns_bucket), "p99")),
+                       unit="s", width=8))
+        .with_panel(ts(L, "DNS queries by outcome", "answer, nxdomain, nodata, timeout, "
+                       "servfail.",
+                       queries((f'sum by (outcome) ({rate("mailsec_dns_queries_total")})',
+                                "{{outcome}}")), unit="reqps", width=8, stacked=True))
+        .with_panel(ts(L, "DNS timeouts and SERVFAIL",
+                       "Failed queries by type; they become temperror and can tempfail mail. "
+                       "B: their share of all queries (right axis unit: percent).",
+                       queries((f"sum by (type, outcome) "
+                                f'({rate("mailsec_dns_queries_total", failures)})',
+                                "{{type}} {{outcome}}"),
+                               (f'sum ({rate("mailsec_dns_queries_total", failures)})\n'
+                                f'  / sum ({rate("mailsec_dns_queries_total")})',
+                                "failed share")),
+                       unit="reqps", width=8)
+                    .override_by_query("B", [model.DynamicConfigValue(id_val="unit",
+                                                                      value="percentunit")]))
+    )
+
+    # -- processing ------------------------------------------------------------------------
+    message_bucket = "mailsec_message_duration_seconds_bucket"
+    b = (
+        b.with_row(row(L, "Processing"))
+        .with_panel(ts(L, "End-of-message processing time",
+                       "From the end of DATA to our reply: p50, p95, p99.",
+                       queries((quantile(0.5, message_bucket), "p50"),
+                               (quantile(0.95, message_bucket), "p95"),
+                               (quantile(0.99, message_bucket), "p99")),
+                       unit="s", width=8))
+        .with_panel(ts(L, "Time per check (p99)",
+                       "p99 of each check; SPF runs while the message is still being "
+                       "transferred, so it can exceed the end-of-message time.",
+                       queries((quantile(0.99, "mailsec_check_duration_seconds_bucket",
+                                         "check"), "{{check}}")),
+                       unit="s", width=8))
+        .with_panel(ts(L, "Check errors", "Checks that crashed (their result became "
+                       "temperror); each one is a bug worth a look in the log.",
+                       queries((f'sum by (check) ({rate("mailsec_check_errors_total")})',
+                                "{{check}}")), unit="ops", width=8))
+        .with_panel(ts(L, "Connections open by instance", "MTA connections open, per instance.",
+                       queries((f"sum by (instance) ({series('mailsec_connections_open')})",
+                                "{{instance}}")), unit="short", width=8))
+        .with_panel(ts(L, "New connections", "MTA connections accepted per second.",
+                       queries((f"sum by (instance) "
+                                f'({rate("mailsec_connections_total")})',
+                                "{{instance}}")), unit="ops", width=8))
+        .with_panel(ts(L, "Scrape targets up", "1 when Prometheus scraped the instance, 0 when "
+                       "it could not (see the MailsecMilterDown alert).",
+                       queries((f"sum by (instance) ({series('up')})", "{{instance}}")),
+                       unit="short", width=8))
+        .with_panel(ts(L, "Running versions", "Instances per mailsec-milter and Python "
+                       "version.",
+                       queries((f"count by (version, python) "
+                                f"({series('mailsec_build_info')})",
+                                "{{version}} (Python {{python}})")), unit="short", width=24,
+                       height=6))
+    )
+    return b.build()
+
+
+def render() -> str:
+    board = build()
+    return JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False).encode(board) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="fail if the JSON file is stale")
+    mode.add_argument("--stdout", action="store_true", help="print instead of writing")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.stdout:
+        sys.stdout.write(text)
+        return 0
+    if args.check:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        if current != text:
+            print(f"{OUTPUT} is stale: run .venv/bin/python monitoring/dashboard.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
