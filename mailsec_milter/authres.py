@@ -101,7 +101,10 @@ def _fold(text: str, first_limit: int, limit: int) -> list[str]:
     Every piece after the first starts with the space it was split before, followed by a
     non-space: no line is white space only, and removing the line breaks restores ``text``.
     """
-    breaks = [i for i in range(1, len(text) - 1) if _can_break(text, i)]
+    if len(text) <= first_limit:  # the common case: nothing to fold
+        return [text]
+    spaces = (m.start() for m in _SPACE.finditer(text, 1, len(text) - 1))
+    breaks = [i for i in spaces if _can_break(text, i)]
     pieces: list[str] = []
     start, room = 0, first_limit
     while len(text) - start > room:
@@ -117,6 +120,9 @@ def _fold(text: str, first_limit: int, limit: int) -> list[str]:
         start, room = cut, limit
     pieces.append(text[start:])
     return pieces
+
+
+_SPACE = re.compile(" ")
 
 
 def _can_break(text: str, i: int) -> bool:

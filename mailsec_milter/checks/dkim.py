@@ -12,8 +12,10 @@ a key object left over from the previous index. We use its parsing, canonicalisa
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
@@ -113,6 +115,16 @@ def signature_headers(snapshot: MessageSnapshot) -> tuple[Header, ...]:
     return snapshot.headers_named("DKIM-Signature")
 
 
+@functools.lru_cache(maxsize=1024)
+def _evaluate_key(key_text: bytes) -> tuple[Any, Any, Any, Any]:
+    """dkimpy's key parsing (ASN.1, base64) once per distinct key record, not per message.
+
+    Keys are read-only after parsing, so sharing them between threads is safe; a record that
+    fails to parse raises every time (exceptions are not cached).
+    """
+    return dkim.evaluate_pk(b"key", key_text)  # type: ignore[no-any-return]
+
+
 def check_dkim(lookup: Lookup, snapshot: MessageSnapshot, settings: DkimSettings) -> DkimOutcome:
     headers = signature_headers(snapshot)
     if not headers:
@@ -206,7 +218,7 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
     if key_tags is not None and key_tags.get("p", None) == b"":
         return _describe(header, AuthResult.PERMERROR, "key revoked")
     try:
-        pk, key_bits, ktag, seqtlsrpt = dkim.evaluate_pk(name.encode(), key_text)
+        pk, key_bits, ktag, seqtlsrpt = _evaluate_key(key_text)
     except Exception as exc:  # garbage key text from DNS
         return _describe(header, AuthResult.PERMERROR, f"unusable key: {_short(exc)}")
     if pk is None:  # evaluate_pk silently drops keys with an unknown s= service type
