@@ -126,7 +126,7 @@ def _socket(value: Any) -> str:
 
 def _octal_mode(value: Any) -> int:
     text = _str(value)
-    if not re.match(r"^0?[0-7]{3}$", text):
+    if not re.fullmatch(r"0?[0-7]{3}", text):
         raise ValueError(f"{text!r}: expected an octal mode such as \"0660\"")
     return int(text, 8)
 
@@ -141,7 +141,7 @@ def _listen(value: Any) -> str:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{text!r}: expected IP:PORT, e.g. \"127.0.0.1:9894\"") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r}: bad port")
     return text
 
@@ -233,6 +233,9 @@ KEYS: tuple[Key, ...] = (
         "Permissions of a unix: socket (octal).", "octal mode"),
     Key("milter", "socket_group", "", _str,
         "Group of a unix: socket, e.g. \"postfix\"; empty keeps the default.", "group name"),
+    Key("milter", "workers", 0, _int_range(0, 256),
+        "Worker processes sharing the socket (Python runs one core per process); 0 means one "
+        "per CPU core.", "integer"),
     Key("milter", "authserv_id", "", _str,
         "The authserv-id in our Authentication-Results header; empty means this host's FQDN.",
         "string"),
@@ -386,6 +389,7 @@ class Settings:
     user: str
     socket_mode: int
     socket_group: str
+    workers: int
     authserv_id: str
     remove_subdomain_authserv_ids: bool
     message_deadline: float

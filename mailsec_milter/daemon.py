@@ -1,97 +1,51 @@
-"""Composition root: wires settings, resolver, engine and the milter adapter, and runs libmilter.
+"""Composition root and supervisor: the listening socket, privileges, workers, signals, reload.
 
-Owns: the process — signal mask, the listening socket (with TCP_NODELAY), the thread pool, and
-the libmilter main loop.
-Must not: contain mail logic.
+Owns: the process tree. The supervisor opens the MTA-facing socket itself (TCP_NODELAY, unix
+socket mode/group, or the one systemd passes), drops privileges, and runs ``workers`` worker
+processes (worker.py) that each run libmilter on that inherited socket. It alone handles
+signals: SIGHUP starts a new generation of workers with the new configuration and retires the
+old one once the new one serves (sessions in flight finish on the old); a broken
+configuration is refused and the old generation keeps running. SIGTERM/SIGINT retire all
+workers gracefully. /metrics sums the workers' metrics.
+Must not: contain mail logic, start threads (workers are forked from it), or run libmilter:
+a process running libmilter has libmilter's signal thread, which treats SIGHUP as "stop" —
+keeping it out of the supervisor is what makes reload safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
+import http.server
 import logging
 import os
 import pwd
+import selectors
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-import Milter
-import milter as libmilter
-from prometheus_client import disable_created_metrics, start_http_server
+from prometheus_client import disable_created_metrics
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
-from .dns import CachingResolver, ResolverSettings
-from .engine import Engine
-from .metrics import Metrics
-from .milter import MailsecMilter, Runtime, install_runtime
+from .metrics import aggregate_exposition
+
+# Imported here, before privileges are dropped: workers are forked from this process and run
+# this code without reading it again (the service user may not be able to).
+from .worker import run_worker
 
 log = logging.getLogger("mailsec_milter.daemon")
 
-# libmilter handles these in its own thread (sigwait). Any thread we start must have them
-# blocked, or the kernel may deliver SIGTERM to it and the process dies without a clean stop.
-MILTER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def block_milter_signals() -> None:
-    """Block the signals libmilter waits for, in this thread and every thread it starts later."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, MILTER_SIGNALS)
-
-
-def set_nodelay_on_listeners() -> int:
-    """Set TCP_NODELAY on every listening TCP socket of this process; return how many.
-
-    libmilter never sets it, and at end of message writes the header edit and the reply
-    separately, so Nagle holds the reply until the MTA's delayed ACK (~40 ms per message).
-    Accepted sockets inherit the option from the listener on Linux.
-    """
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            sock = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
-        try:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            if sock.type != socket.SOCK_STREAM:
-                continue
-            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            count += 1
-        except OSError:
-            continue
-        finally:
-            sock.close()
-    return count
-
-
-def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics) -> Runtime:
-    resolver = CachingResolver(ResolverSettings(
-        nameservers=settings.nameservers,
-        timeout=settings.dns_timeout,
-        cache_entries=settings.dns_cache_entries,
-        max_ttl=int(settings.dns_max_ttl),
-        negative_ttl=int(settings.dns_negative_ttl),
-    ), observer=metrics.observe_dns)
-    return Runtime(settings, Engine(settings, resolver, pool), metrics)
-
-
-def start_metrics_server(listen: str, metrics: Metrics) -> None:
-    """Serve /metrics on HOST:PORT (loopback by default; prometheus_client's own default
-    would be 0.0.0.0). Runs in a daemon thread that inherits our blocked signal mask."""
-    host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
-
+SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+WORKER_START_TIMEOUT = 30.0
+WORKER_STOP_TIMEOUT = 60.0  # kept for the unit's TimeoutStopSec check (drain + grace + kill)
+SESSION_GRACE = 10.0  # seconds beyond the message deadline for an MTA to finish a session
 
 # prometheus_client would export a *_created series beside every counter and histogram,
 # doubling the series count for a timestamp nobody graphs. Its switch is process-global, so it
@@ -99,48 +53,51 @@ def start_metrics_server(listen: str, metrics: Metrics) -> None:
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-def register_callbacks() -> None:
-    """What ``Milter.runmilter`` does, split so we can open the socket ourselves."""
-    Milter.factory = MailsecMilter
-    libmilter.set_connect_callback(Milter.connect_callback)
-    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    libmilter.set_close_callback(Milter.close_callback)
-    libmilter.register(
-        "mailsec-milter",
-        data=lambda ctx: ctx.getpriv().data(),
-        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-        negotiate=Milter.negotiate_callback,
-    )
+def set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on the listener (accepted sockets inherit it on Linux).
+
+    libmilter never sets it, and at end of message writes the header edit and the reply
+    separately, so Nagle would hold the reply until the MTA's delayed ACK (~40 ms per message).
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def open_socket(spec: str) -> None:
-    """Open libmilter's listening socket now (before any worker starts) and fix TCP_NODELAY."""
-    libmilter.setconn(spec)
-    libmilter.opensocket(spec.startswith(("unix:", "local:")))
-    set_nodelay_on_listeners()
+def open_listener(spec: str, backlog: int = 512) -> socket.socket:
+    """Open the MTA-facing socket from a libmilter-syntax spec (inet:, inet6:, unix:/local:)."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("unix", "local"):
+        path = Path(rest)
+        if path.is_socket():
+            path.unlink()  # a stale socket from an earlier run, as libmilter's rmsocket does
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+    else:
+        port, _, host = rest.partition("@")
+        family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), int(port)))
+    sock.listen(backlog)
+    set_nodelay(sock)
+    return sock
 
 
-def systemd_listen_spec() -> str | None:
-    """With systemd socket activation (LISTEN_PID/LISTEN_FDS), the inherited socket as a
-    libmilter ``fd:N`` spec; libmilter accepts on it instead of opening its own."""
+def systemd_listener() -> socket.socket | None:
+    """With systemd socket activation (LISTEN_PID/LISTEN_FDS), the socket systemd passed."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return None
     try:
         count = int(os.environ.get("LISTEN_FDS", "0"))
     except ValueError:
         return None
-    if count < 1:
-        return None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    return "fd:3"  # SD_LISTEN_FDS_START; one socket unit, one socket
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=3)  # SD_LISTEN_FDS_START; one socket unit, one socket
+    set_nodelay(sock)
+    return sock
 
 
 def sd_notify(state: str) -> bool:
@@ -199,112 +156,376 @@ def drop_privileges(user: str) -> None:
         raise PrivilegeError("privilege drop did not take")
 
 
-class Daemon:
-    """The running process: libmilter's loop on a thread, signals on the main thread.
 
-    Why the main thread waits for signals itself: libmilter's own signal thread treats SIGHUP
-    as "stop". On Linux a process-directed signal goes to the main thread whenever it is
-    waiting for it, so sigwait() here takes every SIGHUP/SIGTERM/SIGINT before libmilter can.
-    """
+class ChildProcess:
+    """The few Popen-like operations the supervisor needs on a forked worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signo: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signo)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.returncode
+
+
+@dataclass
+class Worker:
+    """One worker process and what the supervisor knows of it."""
+
+    process: ChildProcess
+    status: int  # read end of its status pipe
+    control: int  # write end of its control pipe (reloads)
+    generation: int
+    index: int
+    metrics_port: int = 0
+    ready: bool = False
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+def read_config_text(path: str | None) -> str:
+    return "" if path is None else Path(path).read_text(encoding="utf-8")
+
+
+class Supervisor:
+    """The main process: see the module docstring."""
 
     def __init__(self, settings: Settings, config_path: str | None,
                  user_override: str | None = None) -> None:
         self.settings = settings
         self.config_path = config_path
         self.user_override = user_override
-        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="checks")
-        self.metrics = Metrics()
-        self.runtime = build_runtime(settings, self.pool, self.metrics)
-        self.loop_error: BaseException | None = None
+        self.config_text = read_config_text(config_path)
+        self.generation = 0
+        self.workers: list[Worker] = []
+        self.retired_metrics: list[str] = []  # final exposition text of workers that ended
+        self.restarts = 0
+        self.stopping = False
+        self.listener: socket.socket | None = None
+        self.metrics_server: http.server.HTTPServer | None = None
+        self.lock = threading.Lock()  # kept for clarity; the supervisor runs one thread
 
+    @property
+    def worker_count(self) -> int:
+        return self.settings.workers or (os.cpu_count() or 1)
+
+    # --- start ---------------------------------------------------------------------------------
     def run(self) -> int:
-        install_runtime(self.runtime)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            activated = systemd_listener()
+            self.listener = activated or open_listener(self.settings.socket)
+            if activated is None and self.listener.family == socket.AF_UNIX:
+                apply_socket_permissions(self.settings)
+        except OSError as exc:
+            log.error("cannot open milter socket %s: %s", self.settings.socket, exc)
+            return 1
         if self.settings.metrics_listen:
             try:
-                start_metrics_server(self.settings.metrics_listen, self.metrics)
+                self.start_metrics_server(self.settings.metrics_listen)
             except OSError as exc:
                 log.error("cannot serve metrics on %s: %s", self.settings.metrics_listen, exc)
                 return 1
             log.info("metrics on http://%s/metrics", self.settings.metrics_listen)
-        register_callbacks()
-        spec = systemd_listen_spec() or self.settings.socket
         try:
-            open_socket(spec)
-            if not spec.startswith("fd:"):
-                apply_socket_permissions(self.settings)
             drop_privileges(self.settings.user)
-        except libmilter.error as exc:
-            log.error("cannot open milter socket %s: %s", spec, exc)
-            return 1
-        except (PrivilegeError, OSError, KeyError) as exc:
+        except (PrivilegeError, OSError) as exc:
             log.error("%s", exc)
             return 1
-        loop = threading.Thread(target=self._main_loop, name="libmilter-main")
-        loop.start()
-        log.info("mailsec-milter %s listening on %s (authserv-id %s, python %s)", __version__,
-                 spec, self.settings.authserv_id, sys.version.split()[0])
-        sd_notify("READY=1\nSTATUS=listening on " + spec)
-        status = self._wait_for_signals(loop)
-        self.pool.shutdown(wait=False, cancel_futures=False)
+        where = "fd:3 (systemd)" if activated is not None else self.settings.socket
+        if not self.start_generation(self.config_text, self.settings):
+            log.error("workers did not start; giving up")
+            self.stop_workers(self.workers)
+            return 1
+        log.info("mailsec-milter %s listening on %s with %d worker(s) (authserv-id %s, "
+                 "python %s)", __version__, where, self.worker_count,
+                 self.settings.authserv_id, sys.version.split()[0])
+        sd_notify(f"READY=1\nSTATUS=listening on {where}\nMAINPID={os.getpid()}")
+        status = self.loop()
         log.info("mailsec-milter stopped")
         return status
 
-    def _main_loop(self) -> None:
-        try:
-            libmilter.main()
-        except BaseException as exc:  # reported by the signal loop
-            self.loop_error = exc
+    def spawn(self, config_text: str, index: int, generation: int) -> Worker:
+        """Fork a worker. Forked, not exec'd: the supervisor has already dropped privileges,
+        and the service user need not be able to read the interpreter or the code again.
+        The supervisor runs no threads, so forking is safe."""
+        assert self.listener is not None
+        status_read, status_write = os.pipe()
+        control_read, control_write = os.pipe()
+        listen_fd = self.listener.fileno()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.setsid()  # a terminal's Ctrl-C goes to the supervisor, which coordinates
+                keep = {0, 1, 2, listen_fd, status_write, control_read}
+                for name in os.listdir("/proc/self/fd"):
+                    if int(name) not in keep:
+                        with contextlib.suppress(OSError):
+                            os.close(int(name))
+                with os.fdopen(status_write, "w") as status:
+                    code = run_worker(config_text, listen_fd, status,
+                                      bool(self.settings.metrics_listen), control_read)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(status_write)
+        os.close(control_read)
+        os.set_blocking(status_read, False)
+        return Worker(ChildProcess(pid), status_read, control_write, generation, index)
 
-    def _wait_for_signals(self, loop: threading.Thread) -> int:
-        while loop.is_alive():
-            info = signal.sigtimedwait(MILTER_SIGNALS, 1.0)
-            if info is None:
-                continue
-            if info.si_signo == signal.SIGHUP:
+    def start_generation(self, config_text: str, settings: Settings) -> bool:
+        """Start ``workers`` new workers; True once all of them serve."""
+        self.generation += 1
+        count = settings.workers or (os.cpu_count() or 1)
+        fresh = [self.spawn(config_text, i, self.generation) for i in range(count)]
+        with self.lock:
+            self.workers.extend(fresh)
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while time.monotonic() < deadline and not all(w.ready for w in fresh):
+            self.poll_status(0.2)
+            if any(w.process.poll() is not None and not w.ready for w in fresh):
+                break
+        if all(w.ready for w in fresh):
+            return True
+        self.stop_workers(fresh)
+        return False
+
+    # --- the loop ------------------------------------------------------------------------------
+    def loop(self) -> int:
+        while True:
+            info = signal.sigtimedwait(SUPERVISOR_SIGNALS, 0)
+            if info is not None and info.si_signo == signal.SIGHUP:
                 self.reload()
-                continue
-            log.info("received %s: finishing messages in flight, then stopping",
-                     signal.Signals(info.si_signo).name)
-            sd_notify("STOPPING=1")
-            libmilter.stop()
-            loop.join(60)
-            break
-        if self.loop_error is not None:
-            log.error("milter main loop failed: %s", self.loop_error)
-            return 1
-        return 0
+            elif info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s: finishing messages in flight, then stopping",
+                         signal.Signals(info.si_signo).name)
+                sd_notify("STOPPING=1")
+                self.stopping = True
+                self.stop_workers(list(self.workers))
+                return 0
+            self.poll_status(0.2)
+            self.reap()
 
+    def reap(self) -> None:
+        """Collect ended workers; replace those of the current generation that died."""
+        for worker in list(self.workers):
+            code = worker.process.poll()
+            if code is None:
+                continue
+            self.poll_status(0, [worker])
+            self.retire(worker)
+            if worker.generation == self.generation and not self.stopping:
+                self.restarts += 1
+                log.error("worker %d (pid %d) exited with %s; starting a new one",
+                          worker.index, worker.process.pid, code)
+                time.sleep(min(5.0, 0.2 * self.restarts))  # no tight crash loop
+                replacement = self.spawn(self.config_text, worker.index, self.generation)
+                with self.lock:
+                    self.workers.append(replacement)
+
+    def retire(self, worker: Worker) -> None:
+        text = worker.buffer.decode(errors="replace")
+        if "FINAL\n" in text:
+            self.retired_metrics.append(text.split("FINAL\n", 1)[1])
+        os.close(worker.status)
+        with contextlib.suppress(OSError):
+            os.close(worker.control)
+        with self.lock:
+            if worker in self.workers:
+                self.workers.remove(worker)
+
+    def poll_status(self, timeout: float, workers: list[Worker] | None = None) -> None:
+        """Wait up to ``timeout`` for status pipes (READY lines, final metrics) and, in the
+        main loop, for scrapes of /metrics — all on this one thread."""
+        watched = workers if workers is not None else list(self.workers)
+        with selectors.DefaultSelector() as selector:
+            for worker in watched:
+                selector.register(worker.status, selectors.EVENT_READ, worker)
+            if workers is None and self.metrics_server is not None:
+                selector.register(self.metrics_server.fileno(), selectors.EVENT_READ, None)
+            if not selector.get_map():
+                time.sleep(timeout)
+                return
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    assert self.metrics_server is not None
+                    self.metrics_server.handle_request()
+                    continue
+                worker = key.data
+                while True:
+                    try:
+                        chunk = os.read(worker.status, 65536)
+                    except BlockingIOError:
+                        break
+                    if not chunk:
+                        break
+                    worker.buffer.extend(chunk)
+                if not worker.ready and worker.buffer.startswith(b"READY "):
+                    line = worker.buffer.split(b"\n", 1)[0]
+                    worker.metrics_port = int(line.split()[1])
+                    worker.ready = True
+
+    def stop_workers(self, workers: list[Worker]) -> None:
+        """Drain: each worker refuses new connections and stops once its open sessions end
+        (at most the message deadline plus a grace period); then SIGTERM, then SIGKILL."""
+        limit = self.settings.message_deadline + SESSION_GRACE
+        for worker in workers:
+            try:
+                os.write(worker.control, b"DRAIN %f\n" % limit)
+            except OSError:
+                worker.process.send_signal(signal.SIGTERM)
+        drained = time.monotonic() + limit + 5
+        for worker in workers:
+            while worker.process.poll() is None and time.monotonic() < drained:
+                self.poll_status(0.1, [worker])
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for worker in workers:
+            while worker.process.poll() is None and time.monotonic() < deadline:
+                self.poll_status(0.1, [worker])
+            if worker.process.poll() is None:
+                log.error("worker pid %d did not stop in time; killing it", worker.process.pid)
+                worker.process.kill()
+                worker.process.wait(5)
+            self.poll_status(0, [worker])
+            self.retire(worker)
+
+    # --- reload --------------------------------------------------------------------------------
     def reload(self) -> bool:
         """Re-read the configuration; a broken one keeps the old running (and says why)."""
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
+            text = read_config_text(self.config_path)
             settings = load_settings(self.config_path)
             if self.user_override:
                 settings = replace(settings, user=self.user_override)
-            problems = [key for key in RESTART_KEYS
-                        if getattr(settings, key) != getattr(self.settings, key)]
-            runtime = build_runtime(settings, self.pool, self.metrics)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             sd_notify("READY=1\nSTATUS=reload failed; old configuration kept")
             return False
-        old = self.runtime
-        self.runtime, self.settings = runtime, settings
-        install_runtime(runtime)
-        old.engine.resolver.close()  # lets lookups in flight finish; no new prefetches
+        problems = [key for key in RESTART_KEYS
+                    if getattr(settings, key) != getattr(self.settings, key)]
+        payload = text.encode("utf-8")
+        message = b"RELOAD %d\n" % len(payload) + payload
+        current = [w for w in self.workers if w.generation == self.generation]
+        for worker in current:
+            worker.buffer.clear()  # its READY line was read long ago; replies follow
+            try:
+                os.write(worker.control, message)
+            except OSError as exc:
+                log.error("worker pid %d did not take the reload: %s", worker.process.pid, exc)
+        failed = self.await_reloads(current)
+        if failed:
+            log.error("%d worker(s) could not reload; they are restarted", len(failed))
+            for worker in failed:
+                worker.process.send_signal(signal.SIGTERM)
+        self.settings = replace(settings, **{k: getattr(self.settings, k) for k in RESTART_KEYS})
+        self.config_text = text
         if problems:
             log.warning("reloaded, but %s only change on restart", ", ".join(problems))
         log.info("configuration reloaded from %s", self.config_path or "embedded defaults")
         sd_notify("READY=1\nSTATUS=configuration reloaded")
         return True
 
+    def await_reloads(self, workers: list[Worker]) -> list[Worker]:
+        """Wait for each worker's RELOADED; return those that failed or did not answer."""
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        pending = list(workers)
+        failed: list[Worker] = []
+        while pending and time.monotonic() < deadline:
+            self.poll_status(0.1, pending)
+            for worker in list(pending):
+                text = worker.buffer.decode(errors="replace")
+                if "RELOADED\n" in text:
+                    pending.remove(worker)
+                    worker.buffer.clear()
+                elif "RELOAD-FAILED" in text or worker.process.poll() is not None:
+                    pending.remove(worker)
+                    failed.append(worker)
+        return failed + pending
+
+    # --- metrics -------------------------------------------------------------------------------
+    def start_metrics_server(self, listen: str) -> None:
+        """Serve the sum of every worker's metrics on HOST:PORT (loopback by default)."""
+        host, _, port = listen.rpartition(":")
+        supervisor = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = supervisor.exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        host = host.strip("[]")
+
+        class Server(http.server.HTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            timeout = 2.0  # a client that connects and says nothing cannot stall the loop
+
+        self.metrics_server = Server((host, int(port)), Handler)
+
+    def exposition(self) -> str:
+        with self.lock:
+            live = [w for w in self.workers if w.ready and w.metrics_port]
+            retired = list(self.retired_metrics)
+        texts = list(retired)
+        for worker in live:
+            try:
+                with urllib.request.urlopen(
+                        f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as reply:
+                    texts.append(reply.read().decode())
+            except OSError:
+                continue  # ending right now: its final numbers arrive with its FINAL report
+        extra = (
+            "# HELP mailsec_workers Worker processes serving now.\n"
+            "# TYPE mailsec_workers gauge\n"
+            f"mailsec_workers {len(live)}\n"
+            "# HELP mailsec_worker_restarts_total Workers replaced after they died.\n"
+            "# TYPE mailsec_worker_restarts_total counter\n"
+            f"mailsec_worker_restarts_total {self.restarts}\n"
+        )
+        return aggregate_exposition(texts) + extra
+
 
 # Settings the running process cannot change in place (socket, identity, metrics listener).
-RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen")
+RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen", "workers")
 
 
 def run(settings: Settings, config_path: str | None = None,
         user_override: str | None = None) -> int:
     """Run the milter in the foreground until SIGTERM/SIGINT; return the exit status."""
-    block_milter_signals()
-    return Daemon(settings, config_path, user_override).run()
+    return Supervisor(settings, config_path, user_override).run()

@@ -153,7 +153,7 @@ def parse_nameserver(text: str) -> tuple[str, int]:
         raise ValueError(f"bad nameserver {text!r}: brackets are for IPv6 addresses")
     port = 53
     if port_text:
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"bad nameserver {text!r}: port {port_text!r} is not a number")
         port = int(port_text)
     if not 0 < port < 65536:
@@ -266,6 +266,10 @@ class CachingResolver:
             return DnsResult(key[0], key[1], DnsOutcome.TIMEOUT)
         with self._lock:
             future = self._inflight.get(key)
+        if future is not None and not (future.running() or future.done()):
+            # Still queued behind other prefetches (perhaps another message's flood of them):
+            # waiting would make this message pay for that queue. Ask the network ourselves.
+            future = None
         if future is None:
             # A prefetch may have finished between the first cache look and the in-flight look:
             # it stores its answer before it leaves the in-flight table, so look once more.

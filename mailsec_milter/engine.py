@@ -30,6 +30,8 @@ log = logging.getLogger("mailsec_milter.engine")
 
 T = TypeVar("T")
 
+MAX_DMARC_PREFETCHES = 10  # author domains whose DMARC record is fetched early, per message
+
 
 @dataclass(frozen=True)
 class CheckError:
@@ -73,6 +75,8 @@ class MessageRun:
         self._engine = engine
         self.envelope = envelope
         self._timings: dict[str, float] = {}
+        self._key_prefetches = 0
+        self._dmarc_prefetches = 0
         self._spf_mailfrom = engine._submit("spf", _timed(self._timings, "spf", engine.clock,
             lambda: check_spf(engine._lookup(engine.new_deadline()), envelope.client_ip,
                               SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
@@ -86,13 +90,20 @@ class MessageRun:
         """Start DNS work a header makes possible: the DKIM key of each DKIM-Signature, the
         DMARC record of each From domain (the first name of its discovery)."""
         lowered = header.name.lower()
+        settings = self._engine.settings
         if lowered == "dkim-signature":
+            if self._key_prefetches >= settings.dkim_max_signatures:
+                return  # only as many as will be verified: no flooding the shared pool
             tags = parse_dkim_tags(header.raw_value)
             name = key_name(tags) if tags else None
             if name:
+                self._key_prefetches += 1
                 self._engine.resolver.prefetch(name, "TXT")
-        elif lowered == "from" and self._engine.settings.dmarc_enabled:
-            for domain in author_domains([header.value]).domains[:4]:
+        elif lowered == "from" and settings.dmarc_enabled:
+            for domain in author_domains([header.value]).domains:
+                if self._dmarc_prefetches >= MAX_DMARC_PREFETCHES:
+                    return
+                self._dmarc_prefetches += 1
                 self._engine.resolver.prefetch(f"_dmarc.{domain}", "TXT")
 
     def finish(self, snapshot: MessageSnapshot, body_too_large: bool = False) -> Analysis:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import __version__
 from .dns import DnsOutcome
@@ -197,3 +198,39 @@ def render_markdown() -> str:
         labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
         lines.append(f"| `{doc.name}` | {doc.kind} | {labels} | {doc.help} |")
     return "\n".join(lines) + "\n"
+
+
+def aggregate_exposition(texts: Iterable[str]) -> str:
+    """Sum several workers' /metrics texts into one (the supervisor serves this).
+
+    Counters, histograms and gauges add up across workers (connections open in total, messages
+    in total); ``mailsec_build_info`` is the same everywhere and is taken once.
+    """
+    families: dict[str, tuple[str, str]] = {}  # name -> (type, help), first seen order
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, (family.type, family.documentation))
+            bucket = values.setdefault(family.name, {})
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if family.name == "mailsec_build_info":
+                    bucket[key] = max(bucket.get(key, 0.0), sample.value)
+                else:
+                    bucket[key] = bucket.get(key, 0.0) + sample.value
+    lines: list[str] = []
+    for name, (kind, doc) in families.items():
+        shown = f"{name}_total" if kind == "counter" else name
+        lines.append(f"# HELP {shown} {doc}")
+        lines.append(f"# TYPE {shown} {kind}")
+        for (sample_name, labels), value in values[name].items():
+            rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+            lines.append(f"{sample_name}{{{rendered}}} {value!r}" if rendered
+                         else f"{sample_name} {value!r}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -56,15 +56,34 @@ class Runtime:
 
 
 class _Shared:
-    """Holder of the current Runtime, read at the start of each message."""
+    """Holder of the current Runtime, read at the start of each message, and the number of
+    MTA connections open (a stopping worker waits for them to finish)."""
 
     lock = threading.Lock()
     runtime: Runtime | None = None
+    open_sessions = 0
+    draining = False
 
 
-def install_runtime(runtime: Runtime) -> None:
+def start_draining() -> None:
+    """Refuse new MTA connections (with a tempfail) while the ones open finish."""
+    _Shared.draining = True
+
+
+def open_sessions() -> int:
+    return _Shared.open_sessions
+
+
+def _count_session(delta: int) -> None:
     with _Shared.lock:
-        _Shared.runtime = runtime
+        _Shared.open_sessions += delta
+
+
+def install_runtime(runtime: Runtime) -> Runtime | None:
+    """Make ``runtime`` serve new messages; return the one it replaces."""
+    with _Shared.lock:
+        old, _Shared.runtime = _Shared.runtime, runtime
+    return old
 
 
 def current_runtime() -> Runtime:
@@ -139,11 +158,15 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         return self._ctx.setsymlist(stage, " ".join(macros))
 
     # --- SMTP stages ---------------------------------------------------------------------------
-    @noreply
     def connect(self, hostname: str, family: Any, hostaddr: Any) -> int:
+        # Answered (once per MTA connection, not per message) so a stopping worker can
+        # refuse new connections while the open ones finish.
+        if _Shared.draining:
+            return TEMPFAIL  # stopping: the MTA defers this session; nothing is lost
         if self.metrics is None:
             self.metrics = current_runtime().metrics
             self.metrics.connection_opened()
+            _count_session(+1)
         self.client_name = hostname or ""
         self.client_ip = None
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
@@ -169,18 +192,24 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
 
     @noreply
     def envfrom(self, mail_from: str, *params: str) -> int:
-        runtime = current_runtime()
-        envelope = Envelope(
-            client_ip=self.client_ip,
-            client_name=self.client_name,
-            helo=self.helo_name,
-            mail_from=_strip_address(mail_from),
-            queue_id=self._macro("i"),
-            sasl_user=self._macro("{auth_authen}"),
-            tls=self._tls_info(),
-        )
-        run = runtime.engine.begin(envelope, self.helo_check)
-        self.message = _MessageState(envelope, run, runtime, [], [])
+        self.message = None
+        try:
+            runtime = current_runtime()
+            envelope = Envelope(
+                client_ip=self.client_ip,
+                client_name=self.client_name,
+                helo=self.helo_name,
+                mail_from=_strip_address(mail_from),
+                queue_id=self._macro("i"),
+                sasl_user=self._macro("{auth_authen}"),
+                tls=self._tls_info(),
+            )
+            run = runtime.engine.begin(envelope, self.helo_check)
+            self.message = _MessageState(envelope, run, runtime, [], [])
+        except Exception:
+            # No reply is awaited here (@noreply), so the failure is carried to end of
+            # message, which tempfails a message without state (see eom).
+            log.exception("internal error at MAIL FROM; the message will be tempfailed")
         return CONTINUE
 
     envfrom = _with_macros(envfrom, ENVFROM_MACROS)
@@ -218,6 +247,12 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         return CONTINUE
 
     @noreply
+    def eoh(self) -> int:
+        # Implemented (without a reply) because a message with no header fields at all goes
+        # straight from DATA to the body; libmilter needs the EOH event to get there.
+        return CONTINUE
+
+    @noreply
     def body(self, chunk: bytes) -> int:
         state = self.message
         if state is None or state.body_too_large:
@@ -235,7 +270,12 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         state = self.message
         self.message = None
         if state is None:
-            return CONTINUE
+            # MAIL FROM failed (logged there) or never came: we know nothing about this
+            # message, and never accept one with results we did not compute.
+            try:
+                return self._reply(current_runtime().settings.tempfail_reply, TEMPFAIL)
+            except Exception:
+                return TEMPFAIL
         try:
             return self._finish(state)
         except Exception:
@@ -253,6 +293,7 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.connection_closed()
             self.metrics = None
+            _count_session(-1)
         return CONTINUE
 
     # --- end of message ------------------------------------------------------------------------
@@ -311,7 +352,9 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
 
     def _tls_info(self) -> TlsInfo:
         bits_text = self._macro("{cipher_bits}")
-        bits = int(bits_text) if bits_text and bits_text.isdigit() and len(bits_text) < 7 else None
+        # isascii(): "²".isdigit() is True but int("²") raises (found by the protocol fuzzing).
+        bits = (int(bits_text) if bits_text and bits_text.isascii() and bits_text.isdigit()
+                and len(bits_text) < 7 else None)
         return TlsInfo(
             version=self._macro("{tls_version}"),
             cipher=self._macro("{cipher}"),

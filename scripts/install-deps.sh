@@ -38,7 +38,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-py=${PYTHON:-python3}
+# Debian's own interpreter by default: its standard library is readable by every user, which
+# the daemon needs after it drops root (a pyenv under /root is not); PYTHON overrides.
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  if [ -x /usr/bin/python3 ]; then py=/usr/bin/python3; else py=python3; fi
+fi
+if [ -x "$here/.venv/bin/python" ] && ! grep -q "^home = $(dirname "$(readlink -f "$py")")\$" "$here/.venv/pyvenv.cfg" 2>/dev/null; then
+  echo "install-deps: .venv was built with another interpreter; rebuilding it with $py" >&2
+  rm -rf "$here/.venv"
+fi
 if [ ! -x "$here/.venv/bin/python" ]; then
   "$py" -m venv "$here/.venv"
 fi

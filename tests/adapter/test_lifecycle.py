@@ -199,3 +199,87 @@ def test_metrics_bind_loopback_by_default() -> None:
     from mailsec_milter.config import Settings
 
     assert Settings.defaults().metrics_listen.startswith("127.0.0.1:")
+
+
+def scrape(process: MilterProcess) -> str:
+    import urllib.request
+
+    assert process.metrics_url is not None
+    with urllib.request.urlopen(process.metrics_url, timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def sample(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def test_workers_share_the_socket_and_metrics_add_up() -> None:
+    with MilterProcess({"milter": {"workers": 2}, "dns": NO_DNS}) as process:
+        assert len(process.worker_pids()) == 2
+        for _ in range(6):
+            one_message(process)
+        text = scrape(process)
+        assert sample(text, "mailsec_messages_total{") == 6
+        assert "mailsec_workers 2" in text
+        assert text.count("# TYPE mailsec_messages_total counter") == 1
+
+
+def test_a_dead_worker_is_replaced_and_counters_do_not_go_back() -> None:
+    with MilterProcess({"milter": {"workers": 1}, "dns": NO_DNS}) as process:
+        one_message(process)
+        before = sample(scrape(process), "mailsec_messages_total{")
+        (victim,) = process.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: process.worker_pids() not in ([], [victim]), 20)
+        assert wait_until(lambda: "mailsec_workers 1" in scrape(process), 20)
+        assert inserted(one_message(process)).startswith(" mx.test.example;")
+        text = scrape(process)
+        assert "mailsec_worker_restarts_total 1" in text
+        # A killed worker cannot report its last numbers: those are lost, but never counted
+        # twice, and the retired totals of workers that ended cleanly stay (see reload test).
+        assert sample(text, "mailsec_messages_total{") >= 1
+        assert before >= 1
+
+
+def test_repeated_sighups_never_stop_the_milter() -> None:
+    """libmilter's own signal thread would stop on SIGHUP; the supervisor takes every one."""
+    with MilterProcess({"milter": {"workers": 2}, "dns": NO_DNS}) as process:
+        assert process.process is not None
+        for _ in range(10):
+            process.process.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+        # Pending SIGHUPs merge (standard signals do not queue): at least one reload ran.
+        assert wait_until(lambda: "configuration reloaded" in process.log(), 60)
+        time.sleep(1)
+        assert process.process.poll() is None
+        assert len(process.worker_pids()) == 2
+        assert inserted(one_message(process)).startswith(" mx.test.example;")
+
+
+def test_sigterm_lets_a_message_in_flight_finish() -> None:
+    with MilterProcess({"dns": NO_DNS}) as process:
+        assert process.process is not None
+        with mc.MilterClient.connect(process.socket_spec) as client:
+            client.negotiate()
+            client.smtp_connect("[192.0.2.10]", "4", 0, "192.0.2.10")
+            client.helo("client.test.example")
+            client.mail_from("<a@sender.example>")
+            client.rcpt("<b@example.net>")
+            client.data()  # answered: the worker is mid-message now
+            process.process.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: "finishing messages in flight" in process.log())
+            # A new connection is refused while this one finishes.
+            with mc.MilterClient.connect(process.socket_spec) as late:
+                late.negotiate()
+                refused = late.smtp_connect("[192.0.2.11]", "4", 0, "192.0.2.11")
+                assert refused is not None and refused.action == "tempfail"
+            for line in MESSAGE.split(b"\r\n\r\n")[0].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                client.header(name.decode(), value)
+            client.eoh()
+            client.body(b"body\r\n")
+            end = client.eom()
+        assert end.reply.action == "accept"
+        assert any(m.action == "insheader" for m in end.modifications)
+        assert process.process.wait(30) == 0

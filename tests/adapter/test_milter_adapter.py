@@ -62,13 +62,17 @@ def test_negotiation_requests_macros_and_noreply_flags(milter: MilterProcess) ->
     mail_macros = set(reply.macros.get("mail", ()))
     assert {"i", "{auth_authen}", "{tls_version}", "{cipher}", "{cipher_bits}"} <= mail_macros
     assert set(reply.macros.get("eom", ())) == {"i"}
-    for flag in (mc.SMFIP_NR_CONN, mc.SMFIP_NR_HELO, mc.SMFIP_NR_MAIL, mc.SMFIP_NR_RCPT,
+    for flag in (mc.SMFIP_NR_HELO, mc.SMFIP_NR_MAIL, mc.SMFIP_NR_RCPT,
                  mc.SMFIP_NR_HDR, mc.SMFIP_NR_BODY):
         assert reply.protocol & flag, hex(flag)
-    # DATA is answered (the Postfix-side Nagle stall fix) and EOH is not sent at all.
+    # CONNECT is answered (a draining worker refuses new connections with it), once per
+    # connection; DATA is answered (the Postfix-side Nagle stall fix); EOH is sent but not
+    # answered (a message without header fields needs it to reach the body).
     assert not reply.protocol & mc.SMFIP_NR_DATA
     assert not reply.protocol & mc.SMFIP_NODATA
-    assert reply.protocol & mc.SMFIP_NOEOH
+    assert not reply.protocol & mc.SMFIP_NOEOH
+    assert reply.protocol & mc.SMFIP_NR_EOH
+    assert not reply.protocol & mc.SMFIP_NR_CONN
     assert reply.protocol & mc.SMFIP_HDR_LEADSPC
 
 
@@ -175,26 +179,40 @@ def test_listening_socket_has_tcp_nodelay(milter: MilterProcess) -> None:
     assert checked == 1
 
 
+def _blocked_mask(task: Path) -> int:
+    status = (task / "status").read_text()
+    match = re.search(r"SigBlk:\s*([0-9a-f]+)", status)
+    assert match is not None
+    return int(match.group(1), 16)
+
+
 def test_every_thread_blocks_the_signals_libmilter_waits_for(milter: MilterProcess) -> None:
-    """SIGTERM/SIGINT/SIGHUP must reach only a thread that waits for them (LIBRARY-NOTES)."""
+    """SIGTERM/SIGINT/SIGHUP must reach only a thread that waits for them (LIBRARY-NOTES).
+
+    The supervisor is one thread that takes them all itself (it never runs libmilter, whose
+    signal thread would treat SIGHUP as "stop"). In each worker, libmilter's signal thread is
+    the only one waiting for them, and every other thread — the metrics server and the pools
+    started before libmilter's loop among them — blocks them.
+    """
     session(milter, message())  # make the pools start their threads
     assert milter.process is not None
     wanted = (1 << (1 - 1)) | (1 << (2 - 1)) | (1 << (15 - 1))
-    tasks = list(Path(f"/proc/{milter.process.pid}/task").iterdir())
-    assert len(tasks) >= 3
-    waiting = []
-    for task in tasks:
-        status = (task / "status").read_text()
-        wchan = (task / "wchan").read_text()
-        if "sigtimedwait" in wchan:
-            waiting.append(task.name)
-            continue
-        blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
-        assert blocked & wanted == wanted, f"{task.name} leaves {hex(wanted & ~blocked)} open"
-    # Our main thread waits for them (so it gets every one: reload on SIGHUP, graceful stop),
-    # and libmilter's signal thread waits too (it never gets one while the main thread waits).
-    assert str(milter.process.pid) in waiting
-    assert len(waiting) == 2
+    supervisor = list(Path(f"/proc/{milter.process.pid}/task").iterdir())
+    assert len(supervisor) == 1
+    assert _blocked_mask(supervisor[0]) & wanted == wanted
+    workers = milter.worker_pids()
+    assert workers
+    for pid in workers:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        assert len(tasks) >= 3
+        waiting = []
+        for task in tasks:
+            if "sigtimedwait" in (task / "wchan").read_text():
+                waiting.append(task.name)
+                continue
+            blocked = _blocked_mask(task)
+            assert blocked & wanted == wanted, f"{task.name} leaves {hex(wanted & ~blocked)} open"
+        assert len(waiting) == 1  # libmilter's signal thread
 
 
 def test_sigterm_stops_cleanly(dns_zone_server: str) -> None:

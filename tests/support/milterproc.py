@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +63,7 @@ class MilterProcess:
         milter.setdefault("authserv_id", "mx.test.example")
         if os.geteuid() == 0:  # the daemon refuses to stay root
             milter.setdefault("user", "nobody")
+        milter.setdefault("workers", 1)  # tests that want more say so
         # Every test daemon gets its own metrics port (the default 9894 would collide).
         self.config.setdefault("metrics", {}).setdefault("listen",
                                                          f"127.0.0.1:{free_tcp_port()}")
@@ -104,7 +106,8 @@ class MilterProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"milter exited early:\n{self.log()}")
-            if "listening on" in self.log() and self._reachable():
+            if "mailsec-milter" in self.log() and "listening on" in self.log() \
+                    and self._reachable():
                 if self.socket_spec.startswith("unix:") and widen_unix_socket:
                     os.chmod(self.socket_spec[5:], 0o666)
                 return self
@@ -121,6 +124,16 @@ class MilterProcess:
                 return True
         except OSError:
             return False
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes (children of the supervisor)."""
+        if self.process is None:
+            return []
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(p) for p in path.read_text().split()]
+        except OSError:
+            return []
 
     def log(self) -> str:
         try:
@@ -143,8 +156,13 @@ class MilterProcess:
         self.process = None
         return code
 
+    def cleanup(self) -> None:
+        """Remove the working directory (config, log, unix socket)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
     def __enter__(self) -> MilterProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.cleanup()
