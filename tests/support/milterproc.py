@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -145,6 +146,7 @@ class MilterProcess:
         """SIGTERM, wait for a clean exit; SIGKILL only if it hangs. Returns the exit status."""
         if self.process is None:
             return None
+        workers = self.worker_pids()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -152,6 +154,9 @@ class MilterProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        for pid in workers:  # never leave a worker behind, even after a SIGKILL above
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         code = self.process.returncode
         self.process = None
         return code

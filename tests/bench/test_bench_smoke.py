@@ -1,0 +1,117 @@
+"""Smoke test of the benchmark harness (``python -m bench --quick``).
+
+It checks that the command completes, stops what it started, and reports a sane structure:
+numbers present and non-negative, every ratio field present. No timing thresholds: the
+benchmark reports numbers, it never judges them here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RATIO_FIELDS = {"msgs_per_s", "txn_p50", "txn_p99", "eom_p50", "cpu_ms_per_msg", "peak_pss_mb"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _non_negative_numbers(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _non_negative_numbers(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _non_negative_numbers(item, f"{where}[{index}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        assert value >= 0, f"{where} = {value}"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=150,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert out.with_suffix(".md").read_text().count("| mailsec |") >= 2
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_measures_both_milters_at_both_levels(report: dict[str, Any]) -> None:
+    assert report["options"]["levels"] == [1, 8]
+    assert [t["key"] for t in report["targets"]] == ["noop", "mailsec"]
+    pairs = {(r["target"], r["concurrency"]) for r in report["results"]}
+    assert pairs == {("noop", 1), ("noop", 8), ("mailsec", 1), ("mailsec", 8)}
+    for r in report["results"]:
+        assert r["messages"] == report["options"]["messages_per_level"]
+        assert r["ok"] == r["messages"] and r["errors"] == 0, r["error_kinds"]
+        assert r["msgs_per_s"] > 0
+        for kind in ("eom", "txn"):
+            lat = r["latency_ms"][kind]
+            assert set(lat) >= {"p50", "p95", "p99"}
+            assert lat["p50"] <= lat["p95"] <= lat["p99"]
+        assert r["milter"]["peak_rss_mb"] > 0 and r["milter"]["peak_pss_mb"] > 0
+        assert {"cpu_ms_per_msg", "cpu_cores"} <= set(r["milter"]) | set(r["driver"])
+        assert isinstance(r["driver"]["saturated"], bool)
+        _non_negative_numbers({k: v for k, v in r.items() if k != "ratios"}, r["target"])
+
+
+@pytest.mark.timeout(180)
+def test_every_result_carries_ratio_fields(report: dict[str, Any]) -> None:
+    for r in report["results"]:
+        assert set(r["ratios"]) == {"vs_noop", "vs_chain"}
+        assert set(r["ratios"]["vs_noop"]) == RATIO_FIELDS
+        assert set(r["ratios"]["vs_chain"]) == RATIO_FIELDS
+        # A ratio is null only where its baseline is missing or zero (a quick run's CPU can be
+        # under one clock tick); throughput and latency always have one.
+        vs_noop = r["ratios"]["vs_noop"]
+        assert all(v is None or v > 0 for v in vs_noop.values())
+        assert vs_noop["msgs_per_s"] and vs_noop["txn_p50"] and vs_noop["eom_p50"]
+        assert all(v is None for v in r["ratios"]["vs_chain"].values())  # no --peers
+        if r["target"] == "noop":
+            assert all(v in (None, 1.0) for v in vs_noop.values())
+    assert report["issue7_targets"] and report["skipped"] == {}
+
+
+@pytest.mark.timeout(180)
+def test_corpus_is_reproducible_and_mixed(report: dict[str, Any]) -> None:
+    (corpus,) = report["corpus"]
+    assert corpus["seed"] == 7 and len(corpus["digest"]) == 64
+    assert {"pass-rsa", "pass-ed25519", "forgery"} <= set(corpus["categories"])
+    assert corpus["size_bytes"]["min"] >= 3000
+
+
+@pytest.mark.timeout(180)
+def test_every_process_it_started_is_gone(report: dict[str, Any]) -> None:
+    pids = [p for t in report["targets"] for p in t["pids"]] + [report["dns"]["pid"]]
+    pids += [report["dns"]["cache_pid"]] if report["dns"].get("cache_pid") else []
+    assert pids and all(isinstance(p, int) for p in pids)
+    assert [p for p in pids if _alive(p)] == []
+
+
+def test_corpus_generation_is_deterministic() -> None:
+    from bench.corpus import build_corpus
+
+    first, again = build_corpus("main", 7, 30), build_corpus("main", 7, 30)
+    assert first.digest() == again.digest()
+    assert build_corpus("main", 8, 30).digest() != first.digest()
+    names = {name for name, _type, _value, _ttl in first.zone}
+    for message in first.messages:
+        assert message.from_domain in names and f"_dmarc.{message.from_domain}" in names
