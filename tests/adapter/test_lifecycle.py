@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,13 @@ import pytest
 
 from mailsec_milter.testing import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
-from tests.support.milterproc import REPO, MilterProcess, free_tcp_port, render_toml
+from tests.support.milterproc import (
+    REPO,
+    MilterProcess,
+    free_tcp_port,
+    render_toml,
+    start_on_first_connection,
+)
 
 MESSAGE = (b"From: a@sender.example\r\nTo: b@example.net\r\nSubject: hi\r\n"
            b"Message-ID: <1@sender.example>\r\n\r\nbody\r\n")
@@ -45,6 +50,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 def inserted(result: mc.SessionResult) -> str:
     return next(e.value for e in result.header_edits if e.kind == "insert")
+
+
+def finish_message(client: mc.MilterClient) -> mc.EndOfMessage:
+    """Headers, body and end of MESSAGE on a session already past DATA."""
+    for line in MESSAGE.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        client.header(name.decode(), value)
+    client.eoh()
+    client.body(b"body\r\n")
+    return client.eom()
 
 
 def one_message(process: MilterProcess) -> mc.SessionResult:
@@ -80,12 +95,7 @@ def test_sighup_reloads_without_dropping_a_session_in_flight(milter: MilterProce
         assert wait_until(lambda: "configuration reloaded" in milter.log()), milter.log()
         # The message begun before the reload finishes on the same connection, with the
         # configuration it started with.
-        for line in MESSAGE.split(b"\r\n\r\n")[0].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            client.header(name.decode(), value)
-        client.eoh()
-        client.body(b"body\r\n")
-        end = client.eom()
+        end = finish_message(client)
     edits = mc.header_edits(end.modifications)
     assert any(e.kind == "insert" and "before.test.example" in e.value for e in edits)
     # New messages use the new configuration; the process never restarted.
@@ -142,17 +152,7 @@ def test_socket_activation_accepts_on_the_inherited_socket() -> None:
         prefix=["/usr/bin/systemd-socket-activate", "-l", f"127.0.0.1:{port}"])
     process.config["milter"]["socket"] = f"inet:{port}@127.0.0.1"  # where clients connect
 
-    def first_connection() -> None:  # like systemd, the tool starts the service on demand
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-
-    trigger = threading.Thread(target=first_connection)
-    trigger.start()
+    trigger = start_on_first_connection(port)  # systemd starts services on demand too
     process.start()
     trigger.join()
     try:
@@ -274,12 +274,7 @@ def test_sigterm_lets_a_message_in_flight_finish() -> None:
                 late.negotiate()
                 refused = late.smtp_connect("[192.0.2.11]", "4", 0, "192.0.2.11")
                 assert refused is not None and refused.action == "tempfail"
-            for line in MESSAGE.split(b"\r\n\r\n")[0].split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                client.header(name.decode(), value)
-            client.eoh()
-            client.body(b"body\r\n")
-            end = client.eom()
+            end = finish_message(client)
         assert end.reply.action == "accept"
         assert any(m.action == "insheader" for m in end.modifications)
         assert process.process.wait(30) == 0

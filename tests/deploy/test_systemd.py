@@ -35,7 +35,7 @@ from mailsec_milter.config import Settings
 from mailsec_milter.testing import milterclient as mc
 from tests.support import dkimkeys
 from tests.support.dnsserver import DnsTestServer
-from tests.support.milterproc import free_tcp_port
+from tests.support.milterproc import free_tcp_port, start_on_first_connection
 
 from .units import (
     CHECKOUT_VENV,
@@ -225,17 +225,7 @@ def test_exec_start_runs_socket_activated_notifying_and_under_the_units_seccomp(
     assert process.command[1:] == ["run", "--config", str(process.config_path)]
     process.config["milter"]["socket"] = f"inet:{port}@127.0.0.1"  # where clients connect
 
-    def first_connection() -> None:  # like systemd, the tool starts the service on demand
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-
-    trigger = threading.Thread(target=first_connection)
-    trigger.start()
+    trigger = start_on_first_connection(port)  # systemd starts services on demand too
     try:
         process.start(timeout=30)
         trigger.join()

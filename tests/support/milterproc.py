@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,23 @@ def free_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_on_first_connection(port: int, timeout: float = 20.0) -> threading.Thread:
+    """Connect once to 127.0.0.1:PORT in the background: ``systemd-socket-activate``, like
+    systemd, starts the service only when the first client arrives."""
+    def connect() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=connect, name="first-connection")
+    thread.start()
+    return thread
 
 
 def _toml_value(value: Any) -> str:
