@@ -20,7 +20,7 @@ from .addresses import author_domains
 from .checks.dkim import DkimOutcome, DkimSettings, DkimSignatureOutcome, check_dkim, key_name
 from .checks.dkim import parse_tag_list as parse_dkim_tags
 from .checks.dmarc import DmarcOutcome, DmarcSettings, check_dmarc
-from .checks.spf import SpfIdentity, SpfOutcome, check_spf
+from .checks.spf import SpfIdentity, SpfOutcome, SpfResultCache, check_spf
 from .checks.tls import TlsOutcome, check_tls
 from .config import Settings
 from .dns import BoundLookup, Deadline, Resolver
@@ -80,7 +80,7 @@ class MessageRun:
         self._spf_mailfrom = engine._submit("spf", _timed(self._timings, "spf", engine.clock,
             lambda: check_spf(engine._lookup(engine.new_deadline()), envelope.client_ip,
                               SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
-                              engine.settings.authserv_id)))
+                              engine.settings.authserv_id, engine.spf_cache)))
         self._spf_helo: Future[SpfOutcome] | None = None
         if engine.settings.spf_check_helo:
             self._spf_helo = helo_check or engine.start_helo_check(envelope.client_ip,
@@ -202,6 +202,7 @@ class Engine:
         self.resolver = resolver
         self.pool = pool
         self.clock = clock
+        self.spf_cache = SpfResultCache()
         self.dkim_settings = DkimSettings(settings.dkim_max_signatures,
                                           settings.dkim_allow_partial_body)
         # Built once: in rfc7489 mode this loads the public suffix list (~25 ms).
@@ -237,7 +238,7 @@ class Engine:
         """
         return self._submit("spf_helo", lambda: check_spf(
             self._lookup(self.new_deadline()), client_ip, SpfIdentity.HELO, "", helo,
-            self.settings.authserv_id))
+            self.settings.authserv_id, self.spf_cache))
 
     def begin(self, envelope: Envelope,
               helo_check: Future[SpfOutcome] | None = None) -> MessageRun:
