@@ -12,7 +12,8 @@ want_test=0
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 runtime_pkgs=(libmilter1.0.1 libmilter-dev gcc python3 python3-dev python3-venv)
-test_pkgs=(postfix unbound prometheus openssl ca-certificates iproute2 systemd)
+# procps: /bin/kill, which the systemd unit's ExecReload uses; groff-base renders the man page.
+test_pkgs=(postfix unbound prometheus openssl ca-certificates iproute2 systemd procps groff-base)
 
 missing=()
 for p in "${runtime_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done

@@ -124,6 +124,7 @@ class MilterProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"milter exited early:\n{self.log()}")
             if "mailsec-milter" in self.log() and "listening on" in self.log() \
                     and self._reachable():
@@ -131,6 +132,7 @@ class MilterProcess:
                     os.chmod(self.socket_spec[5:], 0o666)
                 return self
             time.sleep(0.05)
+        self.stop()  # never leave a half-started daemon behind
         raise RuntimeError(f"milter did not start in {timeout}s:\n{self.log()}")
 
     def _reachable(self) -> bool:
