@@ -101,31 +101,37 @@ def settle(postfix: PostfixInstance, accepted: int, timeout: float = 120) -> Non
         time.sleep(1)
 
 
-def disturbances(milter: MilterProcess, dns: DnsServer) -> Callable[[int], None]:
-    """Events fired once, by message index, from the client threads."""
-    done: set[str] = set()
-    lock = threading.Lock()
+class Disturbances:
+    """Fires the events in order from a thread of its own, as the load passes each mark, so
+    the clients keep sending while the milter restarts and DNS is down."""
 
-    def once(name: str) -> bool:
-        with lock:
-            if name in done:
-                return False
-            done.add(name)
-            return True
+    def __init__(self, milter: MilterProcess, dns: DnsServer) -> None:
+        self.milter, self.dns = milter, dns
+        self.progress = 0
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="disturbances")
 
-    def disturb(index: int) -> None:
-        if index >= MESSAGES * 2 // 10 and once("reload"):
-            assert milter.process is not None
-            milter.process.send_signal(signal.SIGHUP)
-        if index >= MESSAGES * 4 // 10 and once("restart"):
-            milter.stop()
-            milter.start()
-        if index >= MESSAGES * 6 // 10 and once("dns-down"):
-            dns.stop()
-        if index >= MESSAGES * 7 // 10 and once("dns-up"):
-            dns.start()
+    def __call__(self, index: int) -> None:
+        self.progress = max(self.progress, index)
 
-    return disturb
+    def _wait_for(self, mark: int) -> None:
+        while self.progress < mark:
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        try:
+            self._wait_for(MESSAGES * 2 // 10)
+            assert self.milter.process is not None
+            self.milter.process.send_signal(signal.SIGHUP)
+            self._wait_for(MESSAGES * 4 // 10)
+            self.milter.stop()
+            self.milter.start()
+            self._wait_for(MESSAGES * 6 // 10)
+            self.dns.stop()
+            self._wait_for(MESSAGES * 7 // 10)
+            self.dns.start()
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
 
 
 @pytest.mark.parametrize("default_action", ["tempfail", "accept"])
@@ -139,7 +145,11 @@ def test_no_mail_is_lost_under_restarts_reloads_and_dns_outages(
     milter.start()
     try:
         postfix = postfix_factory(milter.postfix_spec, milter_default_action=default_action)
-        sent = run_load(postfix, disturbances(milter, dns))
+        disturb = Disturbances(milter, dns)
+        disturb.thread.start()
+        sent = run_load(postfix, disturb)
+        disturb.thread.join(120)
+        assert not disturb.errors, disturb.errors
         if not dns.running:
             dns.start()
         accepted = [s for s in sent if s.code is not None and 200 <= s.code < 300]
