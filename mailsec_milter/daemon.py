@@ -24,7 +24,6 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field, replace
@@ -224,7 +223,6 @@ class Supervisor:
         self.stopping = False
         self.listener: socket.socket | None = None
         self.metrics_server: http.server.HTTPServer | None = None
-        self.lock = threading.Lock()  # kept for clarity; the supervisor runs one thread
 
     @property
     def worker_count(self) -> int:
@@ -302,8 +300,7 @@ class Supervisor:
         self.generation += 1
         count = settings.workers or (os.cpu_count() or 1)
         fresh = [self.spawn(config_text, i, self.generation) for i in range(count)]
-        with self.lock:
-            self.workers.extend(fresh)
+        self.workers.extend(fresh)
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while time.monotonic() < deadline and not all(w.ready for w in fresh):
             self.poll_status(0.2)
@@ -344,8 +341,7 @@ class Supervisor:
                           worker.index, worker.process.pid, code)
                 time.sleep(min(5.0, 0.2 * self.restarts))  # no tight crash loop
                 replacement = self.spawn(self.config_text, worker.index, self.generation)
-                with self.lock:
-                    self.workers.append(replacement)
+                self.workers.append(replacement)
 
     def retire(self, worker: Worker) -> None:
         text = worker.buffer.decode(errors="replace")
@@ -354,9 +350,8 @@ class Supervisor:
         os.close(worker.status)
         with contextlib.suppress(OSError):
             os.close(worker.control)
-        with self.lock:
-            if worker in self.workers:
-                self.workers.remove(worker)
+        if worker in self.workers:
+            self.workers.remove(worker)
 
     def poll_status(self, timeout: float, workers: list[Worker] | None = None) -> None:
         """Wait up to ``timeout`` for status pipes (READY lines, final metrics) and, in the
@@ -499,9 +494,8 @@ class Supervisor:
         self.metrics_server = Server((host, int(port)), Handler)
 
     def exposition(self) -> str:
-        with self.lock:
-            live = [w for w in self.workers if w.ready and w.metrics_port]
-            retired = list(self.retired_metrics)
+        live = [w for w in self.workers if w.ready and w.metrics_port]
+        retired = list(self.retired_metrics)
         texts = list(retired)
         for worker in live:
             try:
