@@ -1,4 +1,4 @@
-"""The milter adapter: the only module that imports ``Milter`` (pymilter over libmilter).
+"""The milter adapter: the milter callbacks (pymilter over libmilter); worker.py wires them in.
 
 Owns: copying callback arguments and macros into a per-message builder, starting early checks,
 and turning a Verdict plus the rendered header into milter actions (delete forged A-R fields,
