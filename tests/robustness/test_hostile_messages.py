@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 from dkim.canonicalization import CanonicalizationPolicy
 
-from fuzz.targets import assert_well_formed_ar
 from mailsec_milter import authres
 from mailsec_milter.checks.dkim import MAX_RSA_BITS
 from mailsec_milter.checks.spf import SpfIdentity, check_spf
@@ -38,6 +37,7 @@ from mailsec_milter.engine import Analysis, Engine
 from mailsec_milter.model import AuthResult, Envelope, MessageSnapshot, TlsInfo, parse_message
 from mailsec_milter.policy import Action, Verdict, decide
 from tests.support import dkimkeys
+from tests.support.arshape import assert_well_formed_ar
 from tests.support.conformance import conformance_dir, missing_suite
 
 pytestmark = pytest.mark.timeout(60)

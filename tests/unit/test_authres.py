@@ -36,6 +36,7 @@ from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome, check_tls
 from mailsec_milter.engine import Analysis
 from mailsec_milter.model import AuthResult, Header, TlsInfo
+from tests.support.arshape import mask
 
 OURS = "mx.example.com"
 PREFIX = "Authentication-Results: "
@@ -52,39 +53,6 @@ def parse(value: str) -> Any:
 def unquote(value: str) -> str:
     """authres keeps quoted-pairs in what it returns; undo them for comparisons."""
     return re.sub(r"\\(.)", r"\1", value)
-
-
-def mask(value: str) -> str:
-    """``value`` with everything inside quoted-strings and comments replaced by ``x``
-    (line breaks kept), so top-level structure can be inspected. Asserts balance."""
-    out: list[str] = []
-    depth, quoted, i = 0, False, 0
-    while i < len(value):
-        char = value[i]
-        inside = quoted or depth > 0
-        if inside and char == "\\" and i + 1 < len(value):
-            out.append("xx")
-            i += 2
-            continue
-        if quoted:
-            quoted = char != '"'
-            out.append('"' if not quoted else ("\n" if char == "\n" else "x"))
-        elif char == '"' and depth == 0:
-            quoted = True
-            out.append('"')
-        elif char == "(":
-            depth += 1
-            out.append("(" if depth == 1 else "x")
-        elif char == ")" and depth > 0:
-            depth -= 1
-            out.append(")" if depth == 0 else "x")
-        elif depth > 0:
-            out.append("\n" if char == "\n" else "x")
-        else:
-            out.append(char)
-        i += 1
-    assert not quoted and depth == 0, f"unbalanced quoting in {value!r}"
-    return "".join(out)
 
 
 def assert_one_safe_header(value: str, results: int) -> None:
