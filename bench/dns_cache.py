@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.e2e.harness import DnsServer, free_port
+from tests.e2e.harness import DnsServer, free_port, unbound_server_options
 
 UNBOUND_CONTROL = "unbound-control"
 
@@ -44,29 +44,9 @@ class CachingForwarder(DnsServer):
         return self.workdir / "unbound.ctl"
 
     def render_config(self) -> str:
-        d = self.workdir
         up_host, up_port = self.upstream
         return "\n".join([
-            "server:",
-            "    verbosity: 0",
-            f"    interface: {self.bind_host}",
-            f"    port: {self.port}",
-            "    interface-automatic: no",
-            "    do-ip4: yes",
-            "    do-ip6: no",
-            "    do-udp: yes",
-            "    do-tcp: yes",
-            "    do-daemonize: no",
-            "    use-syslog: no",
-            f'    logfile: "{d}/unbound.log"',
-            '    chroot: ""',
-            '    username: ""',
-            f'    directory: "{d}"',
-            f'    pidfile: "{d}/unbound.pid"',
-            "    num-threads: 1",
-            "    so-reuseport: no",
-            "    access-control: 0.0.0.0/0 refuse",
-            "    access-control: 127.0.0.0/8 allow",
+            *unbound_server_options(self.bind_host, self.port, self.workdir),
             "    do-not-query-localhost: no",
             '    module-config: "iterator"',
             "    qname-minimisation: no",

@@ -337,7 +337,66 @@ def _record_lines(records: Iterable[str] | str) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith(";")]
 
 
-class DnsServer:
+class _Service:
+    """Lifecycle shared by the servers here: ``start``/``stop`` are theirs; restarting keeps the
+    ports, config and data (a DNS outage and its recovery, a Postfix restart)."""
+
+    workdir: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Stop and start again with the same ports and configuration."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and remove the temp dir (kept when MAILSEC_E2E_KEEP=1)."""
+        self.stop()
+        _remove_workdir(self.workdir)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def unbound_server_options(host: str, port: int, workdir: Path, *,
+                           verbosity: int = 0) -> list[str]:
+    """The ``server:`` lines every private Unbound here shares: loopback only, foreground, no
+    chroot or user switch, logs and pid in ``workdir``, one thread (the test zone server and the
+    benchmark's caching forwarder both start from these)."""
+    return [
+        "server:",
+        f"    verbosity: {verbosity}",
+        f"    interface: {host}",
+        f"    port: {port}",
+        "    interface-automatic: no",
+        "    do-ip4: yes",
+        "    do-ip6: no",
+        "    do-udp: yes",
+        "    do-tcp: yes",
+        "    do-daemonize: no",
+        "    use-syslog: no",
+        f'    logfile: "{workdir}/unbound.log"',
+        '    chroot: ""',
+        '    username: ""',
+        f'    directory: "{workdir}"',
+        f'    pidfile: "{workdir}/unbound.pid"',
+        "    num-threads: 1",
+        "    so-reuseport: no",
+        "    access-control: 0.0.0.0/0 refuse",
+        "    access-control: 127.0.0.0/8 allow",
+    ]
+
+
+class DnsServer(_Service):
     """A real Unbound on 127.0.0.1 that answers only from the given records, never recursing.
 
     ``records`` are zone lines ``name [TTL] [IN] TYPE rdata``; names under ``timeout_names``
@@ -388,31 +447,11 @@ class DnsServer:
 
     def render_config(self) -> str:
         """The unbound.conf text for the current records."""
-        d = self.workdir
-        lines = [
-            "server:",
-            "    verbosity: 1",
-            f"    interface: {self.host}",
-            f"    port: {self.port}",
-            "    interface-automatic: no",
-            "    do-ip4: yes",
-            "    do-ip6: no",
-            "    do-udp: yes",
-            "    do-tcp: yes",
-            "    do-daemonize: no",
-            "    use-syslog: no",
-            f'    logfile: "{d}/unbound.log"',
-            '    chroot: ""',
-            '    username: ""',
-            f'    directory: "{d}"',
-            f'    pidfile: "{d}/unbound.pid"',
-            "    num-threads: 1",
-            "    so-reuseport: no",
+        lines = unbound_server_options(self.host, self.port, self.workdir, verbosity=1)
+        lines += [
             "    outgoing-range: 16",
             '    module-config: "iterator"',
             "    do-not-query-localhost: yes",
-            "    access-control: 0.0.0.0/0 refuse",
-            "    access-control: 127.0.0.0/8 allow",
             '    local-zone: "." static',
         ]
         lines += [f'    local-zone: "{n}" deny' for n in self._timeout_names]
@@ -500,22 +539,6 @@ class DnsServer:
             _stop_process_group(self._proc)
             self._proc = None
 
-    def restart(self) -> None:
-        """Stop and start again on the same port (a DNS outage and its recovery)."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop and remove the temp dir (kept when MAILSEC_E2E_KEEP=1)."""
-        self.stop()
-        _remove_workdir(self.workdir)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- client helpers
 
@@ -825,7 +848,7 @@ DEFAULT_TEST_MAIN_CF: dict[str, str] = {
 }
 
 
-class PostfixInstance:
+class PostfixInstance(_Service):
     """A private Postfix (own config, queue and log under a temp dir) relaying to smtp-sink.
 
     ``milter`` is the Postfix milter address, e.g. ``inet:127.0.0.1:8891`` or
@@ -1113,22 +1136,6 @@ class PostfixInstance:
             _stop_process_group(self._sink)
             self._sink = None
 
-    def restart(self) -> None:
-        """Stop and start with the same config, ports and queue."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop and remove the temp dir (kept when MAILSEC_E2E_KEEP=1)."""
-        self.stop()
-        _remove_workdir(self.workdir)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- SMTP in
 
