@@ -6,14 +6,16 @@ Must not: decide a verdict, log, or reach DNS except through the Lookup it is gi
 
 Why we do not call ``dkim.DKIM.verify()`` directly (see LIBRARY-NOTES.md): it swallows DNS
 timeouts as ``False``, reports a missing key like a bad signature, lets rsa-sha1 pass and reads
-a key object left over from the previous index. We use its parsing, canonicalisation and crypto
-(``verify_headerprep``, ``evaluate_pk``, ``verify_sig_process``) and own the rest.
+a key object left over from the previous index. We use its signature and key parsing
+(``verify_headerprep``, ``evaluate_pk``) and own the rest; canonicalisation, hashing and the
+public-key check are done once per message in ``dkim_hashing.py`` (why: see there).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from ..dns import DnsOutcome, Lookup
 from ..model import AuthResult, Header, MessageSnapshot
+from .dkim_hashing import MessageHashes
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: keys below 1024 bits must not be treated as valid
 # The key comes from the signer's DNS, so its size is attacker-chosen, and dkimpy's RSA is a
@@ -75,13 +78,17 @@ class DkimSettings:
 
 
 _TAG_RE = re.compile(rb"\s*([A-Za-z][A-Za-z0-9_]*)\s*=(.*)", re.S)
+_WHITESPACE = re.compile(rb"\s+")
 
 
-def parse_tag_list(value: bytes) -> dict[str, bytes] | None:
+@functools.lru_cache(maxsize=256)
+def parse_tag_list(value: bytes) -> Mapping[str, bytes] | None:
     """Tolerant RFC 6376 §3.2 tag=value parser; None when the text is not a tag list.
 
     Used for reporting and prefetching before the real verification, so it must never raise.
-    Duplicate tags make the list invalid (§3.2).
+    Duplicate tags make the list invalid (§3.2). Cached: one signature's tags are read when
+    its header arrives, when it is verified and when it is reported, and a key record's for
+    every message it verifies; the result is read-only (``Mapping``).
     """
     tags: dict[str, bytes] = {}
     for part in value.split(b";"):
@@ -93,13 +100,13 @@ def parse_tag_list(value: bytes) -> dict[str, bytes] | None:
         name = match.group(1).decode("ascii").lower()
         if name in tags:
             return None
-        tags[name] = re.sub(rb"\s+", b"", match.group(2)) if name in ("b", "bh", "h") else (
+        tags[name] = _WHITESPACE.sub(b"", match.group(2)) if name in ("b", "bh", "h") else (
             match.group(2).strip()
         )
     return tags
 
 
-def key_name(tags: dict[str, bytes]) -> str | None:
+def key_name(tags: Mapping[str, bytes]) -> str | None:
     """The DNS name of the key a signature names (``s._domainkey.d``), or None if unusable."""
     try:
         selector = tags["s"].decode("ascii").strip()
@@ -131,8 +138,9 @@ def check_dkim(lookup: Lookup, snapshot: MessageSnapshot, settings: DkimSettings
         return DkimOutcome()
     evaluated = headers[: max(0, settings.max_signatures)]
     verifier = _verifier_for(snapshot)
+    hashes = MessageHashes([(name, value) for name, value in verifier.headers], verifier.body)
     outcomes = tuple(
-        _verify_one(verifier, index, header, lookup, settings)
+        _verify_one(verifier, hashes, index, header, lookup, settings)
         for index, header in enumerate(evaluated)
     )
     return DkimOutcome(outcomes, len(headers) - len(evaluated))
@@ -194,8 +202,8 @@ def _short(exc: BaseException) -> str:
     return text[:100]
 
 
-def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
-                settings: DkimSettings) -> DkimSignatureOutcome:
+def _verify_one(verifier: dkim.DKIM, hashes: MessageHashes, index: int, header: Header,
+                lookup: Lookup, settings: DkimSettings) -> DkimSignatureOutcome:
     tags = parse_tag_list(header.raw_value)
     if tags is None:
         return _describe(header, AuthResult.PERMERROR, "malformed signature tag list")
@@ -241,11 +249,9 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
     if problem:
         return _describe(header, AuthResult.PERMERROR, problem, key_bits)
 
-    verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = (
-        pk, key_bits, ktag, seqtlsrpt,
-    )
     try:
-        valid = verifier.verify_sig_process(sig, include_headers, sig_headers[index], None)
+        valid = hashes.verify(sig, include_headers, sig_headers[index], pk,
+                              key_type.encode(), bool(seqtlsrpt))
     except dkim.ValidationError as exc:
         message = str(exc)
         if "body hash mismatch" in message:
@@ -264,7 +270,7 @@ def _verify_one(verifier: dkim.DKIM, index: int, header: Header, lookup: Lookup,
         return _describe(header, AuthResult.POLICY,
                          f"{key_bits}-bit RSA key is below {MIN_RSA_BITS} (RFC 8301)", key_bits)
     if b"l" in sig and not settings.allow_partial_body:
-        unsigned = _unsigned_body_bytes(verifier, sig)
+        unsigned = _unsigned_body_bytes(hashes, sig)
         if unsigned > 0:
             return _describe(header, AuthResult.POLICY,
                              f"l= leaves {unsigned} body bytes unsigned", key_bits)
@@ -287,7 +293,8 @@ def _rsa_cost_problem(pk: object) -> str:
     return ""
 
 
-def _key_restriction(key_tags: dict[str, bytes], algorithm: str, sig: dict[bytes, bytes]) -> str:
+def _key_restriction(key_tags: Mapping[str, bytes], algorithm: str,
+                     sig: dict[bytes, bytes]) -> str:
     """Why the key record refuses this signature (RFC 6376 3.6.1 h= and t=s), or ''."""
     allowed = key_tags.get("h")
     if allowed is not None:
@@ -302,9 +309,9 @@ def _key_restriction(key_tags: dict[str, bytes], algorithm: str, sig: dict[bytes
     return ""
 
 
-def _unsigned_body_bytes(verifier: dkim.DKIM, sig: dict[bytes, bytes]) -> int:
+def _unsigned_body_bytes(hashes: MessageHashes, sig: dict[bytes, bytes]) -> int:
     policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
-    body = policy.canonicalize_body(verifier.body)
+    body = hashes.canonical_body(policy.body_algorithm.name)
     try:
         length = int(sig[b"l"])
     except ValueError:

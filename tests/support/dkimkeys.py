@@ -1,8 +1,9 @@
 """DKIM test keys, signing and zone text for the DKIM tests.
 
 Keys are generated once per test session (``functools.cache``): RSA with ``openssl genrsa``
-(the ``cryptography`` package is not a dependency), ed25519 with PyNaCl. Signing goes through
-dkimpy's own ``dkim.sign`` so the verifier under test never checks its own output format.
+(independent of the ``cryptography`` package the verifier uses), ed25519 with PyNaCl. Signing
+goes through dkimpy's own ``dkim.sign`` so the verifier under test never checks its own output
+format.
 """
 
 from __future__ import annotations
