@@ -16,11 +16,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .addresses import author_domains
+from .addresses import AuthorDomains, author_domains
 from .checks.dkim import DkimOutcome, DkimSettings, DkimSignatureOutcome, check_dkim, key_name
 from .checks.dkim import parse_tag_list as parse_dkim_tags
 from .checks.dmarc import DmarcOutcome, DmarcSettings, check_dmarc
-from .checks.spf import SpfIdentity, SpfOutcome, SpfResultCache, check_spf
+from .checks.spf import SpfIdentity, SpfOutcome, SpfResultCache, check_spf, spf_without_dns
 from .checks.tls import TlsOutcome, check_tls
 from .config import Settings
 from .dns import BoundLookup, Deadline, Resolver
@@ -31,6 +31,9 @@ log = logging.getLogger("mailsec_milter.engine")
 T = TypeVar("T")
 
 MAX_DMARC_PREFETCHES = 10  # author domains whose DMARC record is fetched early, per message
+
+# An SPF check started early: already decided (no DNS needed, or cached), or still running.
+PendingSpf = Future[SpfOutcome] | SpfOutcome
 
 
 @dataclass(frozen=True)
@@ -71,17 +74,17 @@ class MessageRun:
     """One message's checks in flight. Created at MAIL FROM, finished at end of message."""
 
     def __init__(self, engine: Engine, envelope: Envelope,
-                 helo_check: Future[SpfOutcome] | None = None) -> None:
+                 helo_check: PendingSpf | None = None) -> None:
         self._engine = engine
         self.envelope = envelope
         self._timings: dict[str, float] = {}
         self._key_prefetches = 0
         self._dmarc_prefetches = 0
-        self._spf_mailfrom = engine._submit("spf", _timed(self._timings, "spf", engine.clock,
-            lambda: check_spf(engine._lookup(engine.new_deadline()), envelope.client_ip,
-                              SpfIdentity.MAILFROM, envelope.mail_from, envelope.helo,
-                              engine.settings.authserv_id, engine.spf_cache)))
-        self._spf_helo: Future[SpfOutcome] | None = None
+        # The From header parsed for the prefetch, reused at the end when it is the only one.
+        self._authors_seen: tuple[tuple[str, ...], AuthorDomains] | None = None
+        self._spf_mailfrom = engine.start_spf(SpfIdentity.MAILFROM, envelope.client_ip,
+                                              envelope.mail_from, envelope.helo, self._timings)
+        self._spf_helo: PendingSpf | None = None
         if engine.settings.spf_check_helo:
             self._spf_helo = helo_check or engine.start_helo_check(envelope.client_ip,
                                                                    envelope.helo)
@@ -100,7 +103,10 @@ class MessageRun:
                 self._key_prefetches += 1
                 self._engine.resolver.prefetch(name, "TXT")
         elif lowered == "from" and settings.dmarc_enabled:
-            for domain in author_domains([header.value]).domains:
+            values = (header.value,)
+            authors = author_domains(values)
+            self._authors_seen = (values, authors)
+            for domain in authors.domains:
                 if self._dmarc_prefetches >= MAX_DMARC_PREFETCHES:
                     return
                 self._dmarc_prefetches += 1
@@ -133,15 +139,23 @@ class MessageRun:
         if engine.settings.dmarc_enabled:
             started = engine.clock()
             dmarc = _isolate("dmarc", errors, lambda: check_dmarc(
-                engine._lookup(deadline),
-                author_domains([h.value for h in snapshot.headers_named("From")]),
-                spf_mailfrom, dkim, engine.dmarc_settings),
+                engine._lookup(deadline), self._authors(snapshot), spf_mailfrom, dkim,
+                engine.dmarc_settings),
                 lambda: DmarcOutcome(AuthResult.TEMPERROR, reason="internal error"))
             timings.append(("dmarc", engine.clock() - started))
         return Analysis(spf_mailfrom, spf_helo, dkim, tls, dmarc, tuple(errors), tuple(timings))
 
-    def _collect(self, name: str, future: Future[SpfOutcome], deadline: Deadline,
+    def _authors(self, snapshot: MessageSnapshot) -> AuthorDomains:
+        values = tuple(h.value for h in snapshot.headers_named("From"))
+        seen = self._authors_seen
+        if seen is not None and seen[0] == values:
+            return seen[1]
+        return author_domains(values)
+
+    def _collect(self, name: str, future: PendingSpf, deadline: Deadline,
                  errors: list[CheckError], fallback: Callable[[], SpfOutcome]) -> SpfOutcome:
+        if isinstance(future, SpfOutcome):
+            return future
         try:
             return future.result(timeout=deadline.remaining())
         except FutureTimeout:
@@ -230,18 +244,33 @@ class Engine:
                 future.set_exception(exc)
             return future
 
-    def start_helo_check(self, client_ip: str | None, helo: str) -> Future[SpfOutcome]:
+    def start_spf(self, identity: SpfIdentity, client_ip: str | None, mail_from: str,
+                  helo: str, timings: dict[str, float] | None = None) -> PendingSpf:
+        """An SPF check, answered inline when no DNS is needed (nothing to check, or a cached
+        result: a thread hand-off costs more than that), else started in the pool."""
+        name = "spf" if identity is SpfIdentity.MAILFROM else "spf_helo"
+        sink = timings if timings is not None else {}
+        started = self.clock()
+        try:
+            known = spf_without_dns(client_ip, identity, mail_from, helo, self.spf_cache)
+        except Exception:  # crash isolation stays the pool's: it fails the same way there
+            known = None
+        if isinstance(known, SpfOutcome):
+            sink[name] = self.clock() - started
+            return known
+        return self._submit(name, _timed(sink, name, self.clock, lambda: check_spf(
+            self._lookup(self.new_deadline()), client_ip, identity, mail_from, helo,
+            self.settings.authserv_id, self.spf_cache)))
+
+    def start_helo_check(self, client_ip: str | None, helo: str) -> PendingSpf:
         """SPF for the HELO identity, started as soon as the client said HELO/EHLO.
 
         Its inputs are only the client IP and the HELO name, so one result serves every
         message of the connection (until the next EHLO, e.g. after STARTTLS).
         """
-        return self._submit("spf_helo", lambda: check_spf(
-            self._lookup(self.new_deadline()), client_ip, SpfIdentity.HELO, "", helo,
-            self.settings.authserv_id, self.spf_cache))
+        return self.start_spf(SpfIdentity.HELO, client_ip, "", helo)
 
-    def begin(self, envelope: Envelope,
-              helo_check: Future[SpfOutcome] | None = None) -> MessageRun:
+    def begin(self, envelope: Envelope, helo_check: PendingSpf | None = None) -> MessageRun:
         return MessageRun(self, envelope, helo_check)
 
     def analyse(self, snapshot: MessageSnapshot) -> Analysis:

@@ -19,16 +19,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 import Milter
 
 from . import authres
-from .checks.spf import SpfOutcome
 from .config import Reply, Settings
-from .engine import Analysis, Engine, MessageRun
+from .engine import Analysis, Engine, MessageRun, PendingSpf
 from .metrics import Metrics
 from .model import Envelope, Header, MessageSnapshot, TlsInfo, normalise_ip
 from .policy import Action, Verdict, decide
@@ -146,7 +144,7 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         self.client_ip: str | None = None
         self.client_name = ""
         self.helo_name = ""
-        self.helo_check: Future[SpfOutcome] | None = None
+        self.helo_check: PendingSpf | None = None
         self.message: _MessageState | None = None
         self.metrics: Metrics | None = None
 

@@ -6,6 +6,7 @@ and the RFC 8601 result words. Must not: talk to the network, the MTA or the con
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,8 +25,12 @@ class AuthResult(StrEnum):
     POLICY = "policy"
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_ip(address: str) -> str:
     """Return the canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4.
+
+    Cached: the same client address is normalised at connect and for each check of each of
+    its messages (``ipaddress`` parsing is slow).
 
     Postfix reports an IPv4 client on a dual-stack socket as ``::ffff:a.b.c.d``; SPF and trusted
     network checks must see ``a.b.c.d`` (RFC 7208 §5: the IP is compared in its own family).

@@ -7,6 +7,7 @@ Must not: decide a verdict, log, or reach DNS except through the Lookup it is gi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import threading
@@ -97,6 +98,7 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf is untyped
         return validated
 
 
+@functools.lru_cache(maxsize=4096)  # once per HELO name, not per message
 def _is_ip_literal(helo: str) -> bool:
     text = helo.strip().strip("[]")
     if text.lower().startswith("ipv6:"):
@@ -131,6 +133,39 @@ def check_spf(
     cache: SpfResultCache | None = None,
 ) -> SpfOutcome:
     """Evaluate one SPF identity. DNS trouble is ``temperror``, never ``none`` or ``fail``."""
+    known = spf_without_dns(client_ip, identity, mail_from, helo, cache)
+    if isinstance(known, SpfOutcome):
+        return known
+    ip, sender, domain, reported, helo = known
+    query = _Query(i=ip, s=sender, h=helo or "unknown", receiver=receiver or "unknown",
+                   strict=True, querytime=0)
+    previous = getattr(_active, "lookup", None), getattr(_active, "consulted", None)
+    consulted: list[DnsResult] = []
+    _active.lookup, _active.consulted = lookup, consulted
+    try:
+        code, _smtp_code, _explanation = query.check()
+    finally:
+        _active.lookup, _active.consulted = previous
+    result = _PYSPF_RESULTS.get(str(code).lower(), AuthResult.PERMERROR)
+    comment = _comment(result, domain, ip, str(getattr(query, "prob", "") or ""))
+    if cache is not None:
+        cache.offer(ip, domain, result, comment, consulted)
+    return SpfOutcome(identity, result, reported, domain, comment)
+
+
+def spf_without_dns(
+    client_ip: str | None,
+    identity: SpfIdentity,
+    mail_from: str,
+    helo: str,
+    cache: SpfResultCache | None = None,
+) -> SpfOutcome | tuple[str, str, str, str, str]:
+    """The outcome when it is known without asking DNS (nothing to check, or a cached
+    result), else what the evaluation needs: (ip, sender, domain, reported identity, helo).
+
+    The engine calls this inline and sends only the rest to its pool: a thread hand-off costs
+    more than a cached answer.
+    """
     mail_from, helo = _without_surrogates(mail_from), _without_surrogates(helo)
     sender = spf_identity(identity, mail_from, helo)
     domain = sender.rpartition("@")[2].lower()
@@ -152,20 +187,7 @@ def check_spf(
         hit = cache.get(ip, domain)
         if hit is not None:
             return SpfOutcome(identity, hit[0], reported, domain, hit[1])
-    query = _Query(i=ip, s=sender, h=helo or "unknown", receiver=receiver or "unknown",
-                   strict=True, querytime=0)
-    previous = getattr(_active, "lookup", None), getattr(_active, "consulted", None)
-    consulted: list[DnsResult] = []
-    _active.lookup, _active.consulted = lookup, consulted
-    try:
-        code, _smtp_code, _explanation = query.check()
-    finally:
-        _active.lookup, _active.consulted = previous
-    result = _PYSPF_RESULTS.get(str(code).lower(), AuthResult.PERMERROR)
-    comment = _comment(result, domain, ip, str(getattr(query, "prob", "") or ""))
-    if cache is not None:
-        cache.offer(ip, domain, result, comment, consulted)
-    return SpfOutcome(identity, result, reported, domain, comment)
+    return ip, sender, domain, reported, helo
 
 
 class SpfResultCache:

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailsec_milter.addresses import AuthorDomains, AuthorProblem, author_domains, normalise_domain
+from mailsec_milter.addresses import (
+    AuthorDomains,
+    AuthorProblem,
+    _tokenize,
+    author_domains,
+    normalise_domain,
+)
 
 NO_FROM = AuthorProblem.NO_FROM
 NO_DOMAIN = AuthorProblem.NO_DOMAIN
@@ -195,3 +201,72 @@ def test_comment_after_domain_never_changes_it(label: str, comment: str) -> None
     result = author_domains([f"a@{label}.example({safe})"])
     assert result.domains == (domain,)
     assert result.problem is None
+
+
+def _reference_tokens(value: str) -> tuple[list[tuple[str, str]], bool, list[str]]:
+    """The tokenizer as first written, one character at a time (before the regex fast path),
+    kept as the reference the fast one must equal."""
+    specials, wsp = frozenset('()<>[]:;@\\,."'), frozenset(" \t\r\n")
+    tokens: list[tuple[str, str]] = []
+    broken, swallowed, i, n = False, [], 0, len(value)
+    while i < n:
+        char = value[i]
+        if char in wsp:
+            i += 1
+        elif char == "(":
+            depth, opened = 0, i
+            while i < n:
+                c = value[i]
+                if c == "\\":
+                    i += 2
+                    continue
+                if c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        i += 1
+                        break
+                i += 1
+            else:
+                broken = True
+                swallowed.append(value[opened + 1 :])
+        elif char == ")":
+            broken, i = True, i + 1
+        elif char == '"':
+            i += 1
+            opened, buf = i, []
+            while i < n and value[i] != '"':
+                if value[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(value[i])
+                i += 1
+            if i >= n:
+                broken = True
+                swallowed.append(value[opened:])
+            i += 1
+            tokens.append(("quoted", "".join(buf)))
+        elif char == "[":
+            end = value.find("]", i + 1)
+            if end < 0:
+                broken, end = True, n
+            tokens.append(("literal", value[i + 1 : end]))
+            i = end + 1
+        elif char in specials:
+            tokens.append(("special", char))
+            i += 1
+        else:
+            start = i
+            while i < n and value[i] not in specials and value[i] not in wsp:
+                i += 1
+            tokens.append(("atom", value[start:i]))
+    return tokens, broken, swallowed
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.text(st.one_of(ADDRESS_ALPHABET, st.sampled_from(["\x0b", "\u00a0", "x"])),
+                         max_size=80),
+                 st.text(max_size=60)))
+def test_fast_tokenizer_equals_the_reference(value: str) -> None:
+    tokens, broken, swallowed = _tokenize(value)
+    assert ([tuple(t) for t in tokens], broken, swallowed) == _reference_tokens(value)
