@@ -1,6 +1,6 @@
 """``python -m bench``: one command for the whole benchmark (see bench/README.md).
 
-Order of work: corpus → DNS server process → milters (noop, ours, the peer chain) → warm-up →
+Order of work: corpus → DNS server process → milters (noop, ours, the peers) → warm-up →
 for each concurrency level, each milter in turn (interleaved, so slow drift hits all alike) →
 optional profile → optional Postfix mode → stop everything by PID → ratios, JSON, Markdown.
 Every process started here is stopped in ``finally`` (also on Ctrl-C or SIGTERM).
@@ -33,7 +33,15 @@ from .driver import DriverOptions, SessionWork, plan_sessions, run_level
 from .postfix_mode import PostfixConfig, run_postfix
 from .procstat import MemorySampler, machine_cpu, tree_cpu_seconds
 from .report import add_ratios, issue7_targets, level_result, markdown, memory_trend
-from .targets import Target, peers_missing, start_mailsec, start_noop, start_peer_chain
+from .targets import (
+    Target,
+    peers_missing,
+    rspamd_missing,
+    start_mailsec,
+    start_noop,
+    start_peer_chain,
+    start_rspamd,
+)
 
 PEER_DNS_HOST = "127.83.0.53"  # a loopback address of our own; port 53 for resolv.conf
 QUICK = {"messages": 40, "concurrency": "1,8", "per_session": 5, "warmup": 10}
@@ -43,10 +51,11 @@ FULL = {"messages": 2000, "concurrency": "1,8,32,64", "per_session": 10, "warmup
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=(
         "Benchmark mailsec-milter over the milter protocol against a no-op pymilter and "
-        "(--peers) OpenDKIM + OpenDMARC, in one run; see bench/README.md."))
+        "(--peers) OpenDKIM + OpenDMARC and rspamd, in one run; see bench/README.md."))
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 40 messages per level, c=1,8 (no peers/postfix unless asked)")
-    p.add_argument("--peers", action="store_true", help="also measure OpenDKIM → OpenDMARC")
+    p.add_argument("--peers", action="store_true",
+                   help="also measure OpenDKIM → OpenDMARC and rspamd")
     p.add_argument("--postfix", action="store_true", help="also run through a real Postfix")
     p.add_argument("--dns-latency-ms", type=float, default=0.0,
                    help="fixed latency added to every DNS query (default 0)")
@@ -149,8 +158,9 @@ class Runner:
                 records.setdefault((name, rdtype, value), ttl)
         zone = self.workdir / "zone.json"
         zone.write_text(json.dumps([[n, t, v, ttl] for (n, t, v), ttl in records.items()]))
-        # The peers' libc resolver can only be pointed at port 53, on an address of our own.
-        host, port = (PEER_DNS_HOST, 53) if self.args.peers else ("127.0.0.1", 0)
+        # The chain's libc resolver can only be pointed at port 53, on an address of our own
+        # (rspamd's resolver takes any port).
+        host, port = (PEER_DNS_HOST, 53) if self.chain_reason() is None else ("127.0.0.1", 0)
         use_cache = not self.args.no_dns_cache
         if use_cache and unbound_missing():
             self.skipped["dns-cache"] = f"not installed: {', '.join(unbound_missing())}"
@@ -167,22 +177,42 @@ class Runner:
             self.nameserver = f"{self.front.host}:{self.front.port}"
         return self.nameserver
 
-    def start_targets(self, nameserver: str) -> None:
+    def chain_reason(self) -> str | None:
+        """Why the OpenDKIM → OpenDMARC chain cannot run (None: it can, or --peers is off)."""
+        if not self.args.peers:
+            return "no --peers"
+        missing = peers_missing()
+        if missing:
+            return f"not installed: {', '.join(missing)} (scripts/install-deps.sh --bench)"
+        if os.geteuid() != 0:
+            return "needs root (DNS on port 53, private resolv.conf)"
+        return None
+
+    def start_targets(self, nameserver: str, probe_corpus: Corpus) -> None:
         overrides = parse_overrides(self.args.milter_set)
         self.targets.append(start_noop(self.workdir))
         self.targets.append(start_mailsec(nameserver, overrides))
-        if self.args.peers:
-            missing = peers_missing()
-            if missing:
-                self.skipped["chain"] = f"not installed: {', '.join(missing)}"
-            elif os.geteuid() != 0:
-                self.skipped["chain"] = "needs root (DNS on port 53, private resolv.conf)"
-            else:
-                host, port = self.nameserver.rsplit(":", 1)
-                try:
-                    self.targets.append(start_peer_chain(self.workdir, host, int(port)))
-                except RuntimeError as exc:
-                    self.skipped["chain"] = f"failed to start: {exc}"[:500]
+        if not self.args.peers:
+            return
+        reason = self.chain_reason()
+        if reason is not None:
+            self.skipped["chain"] = reason
+        else:
+            host, port = self.nameserver.rsplit(":", 1)
+            try:
+                self.targets.append(start_peer_chain(self.workdir, host, int(port)))
+            except RuntimeError as exc:
+                self.skipped["chain"] = f"failed to start: {exc}"[:500]
+        missing = rspamd_missing()
+        if missing:
+            self.skipped["rspamd"] = (f"not installed: {', '.join(missing)} "
+                                      "(scripts/install-deps.sh --bench)")
+            return
+        log("starting rspamd (its first start compiles the TLD list: ~10 s)")
+        try:
+            self.targets.append(start_rspamd(self.workdir, nameserver, probe_corpus))
+        except RuntimeError as exc:
+            self.skipped["rspamd"] = f"failed to start: {exc}"[:1500]
 
     # -- measuring --------------------------------------------------------------------------
 
@@ -234,7 +264,7 @@ class Runner:
         assert self.dns is not None
         log(f"DNS: milters ask {nameserver}; zone server {self.dns.nameserver} "
             f"(+{a.dns_latency_ms} ms per query){' behind Unbound' if self.front else ''}")
-        self.start_targets(nameserver)
+        self.start_targets(nameserver, postfix_corpus)  # shared domains: cold levels stay cold
         for target in self.targets:
             log(f"started {target.key}: {', '.join(target.addresses)} pids {target.pids}")
         for key, reason in self.skipped.items():
@@ -318,6 +348,12 @@ class Runner:
         if "chain" in by_key:
             configs.append(PostfixConfig("chain-tcp", "OpenDKIM → OpenDMARC", "tcp",
                                          by_key["chain"].postfix_spec))
+        rspamd = by_key.get("rspamd")
+        if rspamd is not None:
+            configs.append(PostfixConfig("rspamd-tcp", "rspamd", "tcp", rspamd.postfix_spec))
+            if rspamd.unix_socket:  # same processes: shows what TCP's ACK timing costs it
+                configs.append(PostfixConfig("rspamd-unix", "rspamd", "unix",
+                                             rspamd.unix_socket))
         messages = corpus.messages[: a.postfix_messages]
         result = run_postfix(configs, messages, corpus.sessions,
                              warmup=min(50, len(messages)), per_session=a.per_session,

@@ -92,7 +92,8 @@ class Sample:
 def _session_values(session: SessionSpec, port: int) -> dict[str, str]:
     return {
         "j": AUTHSERV_ID,
-        "{daemon_name}": "smtpd",
+        # Postfix's default milter_macro_daemon_name is $myhostname (rspamd's authserv-id).
+        "{daemon_name}": AUTHSERV_ID,
         "{daemon_addr}": "127.0.0.1",
         "v": "Postfix 3.7.11",
         "_": f"{session.client_name} [{session.client_ip}]",

@@ -1,9 +1,9 @@
 """Statistics, ratios against the baselines of the same run, and the Markdown report.
 
-Every level result carries ``ratios.vs_noop`` (the no-op pymilter at the same concurrency) and
-``ratios.vs_chain`` (OpenDKIM → OpenDMARC, when measured); a ratio is ``value / baseline`` and
-``null`` where the baseline is missing or zero. Lower is better for latency, CPU and memory;
-higher is better for msgs/s.
+Every level result carries ``ratios.vs_noop`` (the no-op pymilter at the same concurrency),
+``ratios.vs_chain`` (OpenDKIM → OpenDMARC) and ``ratios.vs_rspamd`` (rspamd), the last two when
+measured; a ratio is ``value / baseline`` and ``null`` where the baseline is missing or zero.
+Lower is better for latency, CPU and memory; higher is better for msgs/s.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ RATIO_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("peak_pss_mb", ("milter", "peak_pss_mb")),
 )
 SATURATED = 0.9  # driver CPU (cores) from which its numbers are suspect
+BASELINES = (("vs_noop", "noop"), ("vs_chain", "chain"), ("vs_rspamd", "rspamd"))
+# The ratio table: (label, ratio field, also against the no-op?)
+RATIO_COLUMNS = (("msgs/s", "msgs_per_s", True), ("CPU/msg", "cpu_ms_per_msg", True),
+                 ("p50 txn", "txn_p50", True), ("p50 eom", "eom_p50", False),
+                 ("PSS", "peak_pss_mb", False))
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -61,7 +66,11 @@ def level_result(target: str, label: str, concurrency: int, run: LevelRun, milte
     actions: dict[str, int] = {}
     for s in run.samples:
         actions[s.action] = actions.get(s.action, 0) + 1
-    mismatches = sum(1 for s in ok if s.action != s.expected)
+    mismatch_kinds: dict[str, int] = {}
+    for s in ok:
+        if s.action != s.expected:
+            kind = f"{s.category}: {s.expected} → {s.action}"
+            mismatch_kinds[kind] = mismatch_kinds.get(kind, 0) + 1
     count = max(1, len(ok))
     wall = max(run.wall_s, 1e-9)
     driver_cores = run.driver_cpu_s / wall
@@ -75,7 +84,8 @@ def level_result(target: str, label: str, concurrency: int, run: LevelRun, milte
         "error_kinds": sorted({s.error or "" for s in errors})[:5],
         "tempfail": actions.get("tempfail", 0),
         "actions": dict(sorted(actions.items())),
-        "verdict_mismatches": mismatches,
+        "verdict_mismatches": sum(mismatch_kinds.values()),
+        "verdict_mismatch_kinds": dict(sorted(mismatch_kinds.items())),
         "sessions": run.sessions,
         "timed_out": run.timed_out,
         "wall_s": round(run.wall_s, 3),
@@ -146,10 +156,11 @@ def ratio(value: float | None, base: float | None) -> float | None:
 
 
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Fill ``ratios.vs_noop`` and ``ratios.vs_chain`` of every result (same concurrency)."""
+    """Fill ``ratios.vs_noop``, ``vs_chain`` and ``vs_rspamd`` of every result (same
+    concurrency)."""
     by_key = {(r["target"], r["concurrency"]): r for r in results}
     for result in results:
-        for name, base_key in (("vs_noop", "noop"), ("vs_chain", "chain")):
+        for name, base_key in BASELINES:
             base = by_key.get((base_key, result["concurrency"]))
             result["ratios"][name] = {
                 field: (ratio(_get(result, path), _get(base, path)) if base else None)
@@ -191,9 +202,15 @@ def markdown(report: dict[str, Any]) -> str:
             _fmt(last["milter"]["peak_pss_mb"]) if last else "-",
         ]) + " |")
     lines += ["", "## Ratios (same run, same concurrency; value ÷ baseline)", ""]
-    lines.append("| milter | c | msgs/s ÷noop | msgs/s ÷chain | CPU/msg ÷noop | CPU/msg ÷chain "
-                 "| p50 txn ÷noop | p50 txn ÷chain | p50 eom ÷chain | PSS ÷chain |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    # Per metric, the baselines it is shown against (noop only where it means something);
+    # rspamd's columns only when it was measured, so a run without it reads as before.
+    bases = ["noop", "chain"] + (["rspamd"] if any(r["target"] == "rspamd" for r in results)
+                                 else [])
+    columns = [(f"{label} ÷{base}", field, f"vs_{base}")
+               for label, field, with_noop in RATIO_COLUMNS
+               for base in bases if with_noop or base != "noop"]
+    lines.append("| milter | c | " + " | ".join(head for head, _f, _b in columns) + " |")
+    lines.append("|---|---|" + "---|" * len(columns))
     for key in targets:
         if key == "noop":
             continue
@@ -201,14 +218,9 @@ def markdown(report: dict[str, Any]) -> str:
             r = by_key.get((key, c))
             if r is None:
                 continue
-            vn, vc = r["ratios"].get("vs_noop", {}), r["ratios"].get("vs_chain", {})
-            lines.append(f"| {key} | {c} | {_ratio_text(vn.get('msgs_per_s'))} | "
-                         f"{_ratio_text(vc.get('msgs_per_s'))} | "
-                         f"{_ratio_text(vn.get('cpu_ms_per_msg'))} | "
-                         f"{_ratio_text(vc.get('cpu_ms_per_msg'))} | "
-                         f"{_ratio_text(vn.get('txn_p50'))} | {_ratio_text(vc.get('txn_p50'))} | "
-                         f"{_ratio_text(vc.get('eom_p50'))} | "
-                         f"{_ratio_text(vc.get('peak_pss_mb'))} |")
+            cells = [_ratio_text(r["ratios"].get(base, {}).get(field))
+                     for _head, field, base in columns]
+            lines.append(f"| {key} | {c} | " + " | ".join(cells) + " |")
     lines += ["", "## Details", ""]
     lines.append("| milter | c | msgs | msgs/s | eom p50/p95/p99 ms | txn p50/p95/p99 ms | "
                  "milter CPU ms/msg (cores) | driver CPU ms/msg (cores) | machine cores busy | "
@@ -233,6 +245,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r['dns']['queries_per_msg'], 2)} "
                 f"({_fmt(r['dns']['upstream_per_msg'], 2)}) | {r['errors']} | {r['tempfail']} | "
                 f"{r['verdict_mismatches'] if key != 'noop' else '-'} |")
+    wrong = [f"{r['target']} c={r['concurrency']}: " + ", ".join(
+        f"{kind} ({n})" for kind, n in r.get("verdict_mismatch_kinds", {}).items())
+        for r in results if r["target"] != "noop" and r.get("verdict_mismatch_kinds")]
+    if wrong:
+        lines += ["", "Verdicts ≠ expected (category: expected → got): " + "; ".join(wrong)]
     trend = report.get("memory_trend") or {}
     if trend:
         lines += ["", "RSS over the measured levels (first → last, messages): " + "; ".join(
@@ -307,6 +324,15 @@ def issue7_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         eom = r["ratios"]["vs_chain"]["eom_p50"] if r else None
         add("cold cache, DNS +latency: p50 end-of-message at c=1 vs the chain", eom,
             "≤ 0.5x", eom is not None and eom <= 0.5)
+    # The moonshot: rspamd (C + Lua) doing the same checks.
+    cpu = mine8["ratios"].get("vs_rspamd", {}).get("cpu_ms_per_msg") if mine8 else None
+    add("moonshot: CPU per message at c=8 vs rspamd", cpu, "≤ 1.0x",
+        cpu is not None and cpu <= 1.0)
+    for c in (8, 32):
+        r = by_key.get(("mailsec", c))
+        thr = r["ratios"].get("vs_rspamd", {}).get("msgs_per_s") if r else None
+        add(f"moonshot: throughput at c={c} vs rspamd", thr, "≥ 1.0x",
+            thr is not None and thr >= 1.0)
     r64 = by_key.get(("mailsec", 64))
     pss = r64["milter"]["max_process_pss_mb"] if r64 else None
     add("peak PSS per worker at c=64", pss, "≤ 60 MB", pss is not None and pss <= 60, " MB")

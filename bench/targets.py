@@ -7,7 +7,10 @@
   OpenDKIM's A-R, rejects DMARC failures), chained as Postfix chains two milters. OpenDKIM reads
   DNS through libunbound forwarding to our server; OpenDMARC uses the libc resolver, so it runs
   in a private mount namespace whose ``/etc/resolv.conf`` names our server (which therefore
-  listens on port 53 of a loopback address). The system's own files are never changed.
+  listens on port 53 of a loopback address). The system's own files are never changed;
+- ``rspamd``: Debian's rspamd 3.4 in milter mode (a self-scanning proxy worker, 2 processes)
+  from a private config with only the SPF, DKIM, DMARC and A-R modules; its resolver takes a
+  port, so it asks the benchmark's server directly (no root needed for that).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +35,16 @@ from mailsec_milter.testing import milterclient as mc
 from tests.support.milterproc import MilterProcess, free_tcp_port
 
 from . import REPO
-from .corpus import AUTHSERV_ID
+from .corpus import AUTHSERV_ID, BenchMessage, Corpus, SessionSpec, expected_action
+from .driver import stage_macros
 from .procstat import kill_leftovers, tree_identities
 
 PEER_BINARIES = ("opendkim", "opendmarc", "unshare", "mount")
 PSL_PATHS = ("/usr/share/publicsuffix/public_suffix_list.dat",)
+RSPAMD_USER = "_rspamd"  # the Debian package's user; rspamd refuses to keep root
+RSPAMD_WORKERS = 2
+# Checked at start: one message of each passing kind, one of each DMARC enforcement verdict.
+RSPAMD_PROBES = ("pass-rsa", "pass-ed25519", "reject", "quarantine")
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Target:
     stoppers: list[Any] = field(default_factory=list)
     workdir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    unix_socket: str | None = None  # "unix:PATH" the same processes also listen on
 
     @property
     def postfix_spec(self) -> str:
@@ -279,4 +290,193 @@ def start_peer_chain(workdir: Path, dns_host: str, dns_port: int) -> Target:
             shown = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10)
             versions.append(shown.stdout.splitlines()[0].strip() if shown.stdout else binary)
     target.notes.extend(versions)
+    return target
+
+
+def rspamd_missing() -> list[str]:
+    """Binaries the rspamd peer needs that are not installed."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return [b for b in ("rspamd",) if shutil.which(b, path=path) is None]
+
+
+def _rspamd_conf(rspamd_dir: Path, port: int, nameserver: str) -> Path:
+    # A whole config of our own, not Debian's rspamd.conf + local.d: that one also loads the
+    # rules (rspamd.lua: hundreds of regexp and Lua rules) and ~45 modules, which local.d could
+    # only switch off one by one. Here a Lua module without a section stays "unconfigured"
+    # (disabled) and `filters` names the only C module, so exactly spf, dkim, dmarc and
+    # milter_headers run (`rspamadm configdump -m` lists them).
+    conf = rspamd_dir / "rspamd.conf"
+    conf.write_text(f"""\
+# mailsec-milter benchmark: rspamd as a milter, authentication modules only.
+options {{
+  pidfile = "{rspamd_dir}/rspamd.pid";
+  filters = "dkim";                 # C modules: DKIM only (no chartable, regexp, fuzzy_check)
+  explicit_modules = [];            # not even "settings"
+  hs_cache_dir = "{rspamd_dir}/db/";  # the TLD list compiled for hyperscan (~10 s at start)
+  cache_file = "{rspamd_dir}/db/symbols.cache";
+  tempdir = "{rspamd_dir}/tmp";
+  url_tld = "${{SHAREDIR}}/effective_tld_names.dat";  # DMARC organisational domains
+  dns {{
+    nameserver = ["{nameserver}"];  # the benchmark's server; rspamd's resolver takes a port
+    timeout = 1s;                   # Debian's options.inc from here on
+    sockets = 16;
+    retransmits = 5;
+  }}
+  dns_max_requests = 64;
+  task_timeout = 8s;
+}}
+logging {{
+  type = "file";
+  filename = "{rspamd_dir}/rspamd.log";
+  level = "notice";                 # one summary line per message, as our milter logs
+}}
+worker "rspamd_proxy" {{
+  bind_socket = "{rspamd_dir}/milter.sock mode=0666";  # Postfix mode's second transport
+  bind_socket = "127.0.0.1:{port}";  # the last one names the workers in `ps`
+  milter = yes;
+  timeout = 120s;
+  count = {RSPAMD_WORKERS};
+  upstream "local" {{
+    default = yes;
+    self_scan = yes;                # scan in the proxy itself: no "normal" worker, no hop
+  }}
+  discard_on_reject = false;
+  quarantine_on_reject = false;
+}}
+actions {{
+  reject = 15;                      # Debian's thresholds; the auth symbols alone reach none,
+  add_header = 6;                   # the verdicts come from the DMARC module below
+  greylist = 4;
+  quarantine {{                      # not in Debian's actions: without it the DMARC module's
+    flags = ["no_threshold"];       # "quarantine" fails (unknown action) and the mail passes
+  }}
+}}
+modules {{
+  path = "${{PLUGINSDIR}}";
+}}
+spf {{
+  spf_cache_size = 2k;
+  spf_cache_expire = 1d;
+}}
+dkim {{
+  dkim_cache_size = 2k;
+  dkim_cache_expire = 1d;
+  time_jitter = 6h;
+  trusted_only = false;
+  skip_multi = false;
+}}
+dmarc {{
+  actions {{                         # p=reject fails are rejected, p=quarantine quarantined
+    reject = "reject";
+    quarantine = "quarantine";
+  }}
+}}
+milter_headers {{
+  use = ["authentication-results"];
+}}
+""")
+    return conf
+
+
+def _probe_rspamd(address: str, probes: Sequence[tuple[BenchMessage, SessionSpec]]) -> list[str]:
+    """Send each probe as Postfix would; problems found (empty when rspamd really checked)."""
+    problems: list[str] = []
+    for number, (message, session) in enumerate(probes):
+        port = 39000 + number
+        where = f"{message.category} message {message.index}"
+        try:
+            with mc.MilterClient.connect(address, timeout=30) as client:
+                client.negotiate()
+                macros = stage_macros(client, session, port, message, f"PROBE{number:X}")
+                result = client.send_message(
+                    message.raw, client_ip=session.client_ip, helo=session.helo,
+                    mail_from=message.mail_from, rcpts=list(message.rcpts), macros=macros,
+                    client_name=session.client_name, client_port=port, filter_macros=False)
+        except (mc.MilterProtocolError, OSError) as exc:
+            problems.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        action = "accept" if result.action == "continue" else result.action
+        want = expected_action(message)
+        if action != want:
+            problems.append(f"{where}: {action}, expected {want}")
+        if action != "accept":
+            continue  # rspamd adds no header to a message it rejects
+        ar = [e.value.strip() for e in result.header_edits
+              if e.name.lower() == "authentication-results"]
+        if not ar:
+            problems.append(f"{where}: no Authentication-Results header added "
+                            f"(edits: {result.header_edits})")
+            continue
+        missing = [f"{kind}=pass" for kind in ("dkim", "spf", "dmarc")
+                   if f"{kind}=pass" not in ar[0]]
+        if not ar[0].startswith(AUTHSERV_ID) or missing:
+            problems.append(f"{where}: A-R lacks {missing or [AUTHSERV_ID]}: {ar[0]!r}")
+    return problems
+
+
+def start_rspamd(workdir: Path, nameserver: str, corpus: Corpus) -> Target:
+    """rspamd in milter mode on a free loopback port, checked on a few corpus messages.
+
+    Fails (RuntimeError) unless its A-R for passing messages shows dkim, spf and dmarc passes
+    under our authserv-id and DMARC failures are rejected/quarantined as their policy says:
+    otherwise its numbers would be those of a milter that checks nothing.
+    """
+    rspamd_dir = Path(tempfile.mkdtemp(prefix="bench-rspamd-", dir=workdir))
+    rspamd_dir.chmod(0o755)
+    for sub in ("db", "tmp"):
+        (rspamd_dir / sub).mkdir()
+    port = free_tcp_port()
+    address = f"inet:{port}@127.0.0.1"
+    version = "rspamd"
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        shown = subprocess.run(["rspamd", "--version"], capture_output=True, text=True,
+                               timeout=10)  # "Rspamd daemon version 3.4"
+        version = f"rspamd {shown.stdout.split()[-1]}"
+    target = Target("rspamd", f"{version} (C + Lua, milter mode, auth modules only, "
+                    f"{RSPAMD_WORKERS} workers)", "SPF, DKIM, DMARC", [address],
+                    workdir=rspamd_dir, unix_socket=f"unix:{rspamd_dir / 'milter.sock'}")
+    conf = _rspamd_conf(rspamd_dir, port, nameserver)
+    log = rspamd_dir / "rspamd.log"
+    out_log = rspamd_dir / "rspamd.out"  # what it says before its own log is open
+    args = ["rspamd", "-f", "-c", str(conf)]
+    # Its built-in paths too, so nothing goes to /var/lib/rspamd, /run/rspamd or /var/log.
+    for name, value in (("DBDIR", rspamd_dir / "db"), ("RUNDIR", rspamd_dir),
+                        ("LOGDIR", rspamd_dir)):
+        args += ["--var", f"{name}={value}"]
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(RSPAMD_USER)
+        except KeyError:
+            raise RuntimeError(f"rspamd drops root to {RSPAMD_USER}, which does not exist "
+                               "(scripts/install-deps.sh --bench creates it)") from None
+        for path in (rspamd_dir, *rspamd_dir.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        args += ["-u", RSPAMD_USER, "-g", RSPAMD_USER]
+    with out_log.open("ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=rspamd_dir,
+                                   start_new_session=True)
+    target.stoppers.append(lambda: stop_popen(process))
+    target.pids.append(process.pid)
+    probes = [(m, corpus.sessions[0]) for kind in RSPAMD_PROBES
+              for m in [next((m for m in corpus.messages
+                              if kind in (m.category, expected_action(m))), None)]
+              if m is not None]
+    try:
+        if not any(m.category.startswith("pass-") for m, _ in probes):
+            raise RuntimeError("no passing message in the corpus to check rspamd with")
+        try:  # the first start compiles the TLD list for hyperscan: ~10 s on an idle core
+            _wait_listening(address, process, out_log, timeout=120.0)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\nrspamd.log:\n{_tail(log, 1500)}") from None
+        problems = _probe_rspamd(address, probes)
+        if problems:
+            raise RuntimeError("rspamd does not check as configured: " + "; ".join(problems)
+                               + f"\nlog tail:\n{_tail(log, 1500)}")
+    except BaseException:
+        target.stop()
+        raise
+    target.notes.append(f"config: {conf.read_text()}")
+    target.notes.append("checked at start: " + ", ".join(
+        f"{m.category} (p={m.policy}) → {expected_action(m)}" for m, _ in probes)
+        + "; A-R with dkim/spf/dmarc=pass on the passing ones")
     return target
