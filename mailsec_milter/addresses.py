@@ -392,9 +392,32 @@ def _salvage(tokens: list[_Token]) -> tuple[str, ...]:
     return tuple(found)
 
 
+# The shapes nearly every From header has — ``Name Words <local@example.com>`` or
+# ``local@example.com``: ASCII atoms, a dot-atom local part, a dot-separated domain, no quotes,
+# comments, groups or lists. For these the full parse below always yields one well-formed
+# mailbox whose domain is the text after "@" (tests/unit/test_addresses.py checks it on
+# generated input); anything else, or a domain normalise_domain refuses, takes the full parse.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_MAILBOX = re.compile(
+    rf"[ \t]*(?:(?:{_ATEXT}[ \t]+)*(?:{_ATEXT})?[ \t]*<{_ATEXT}(?:\.{_ATEXT})*"
+    rf"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>|{_ATEXT}(?:\.{_ATEXT})*"
+    rf"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+))[ \t]*")
+
+
+def _parse_simple(value: str) -> _Mailbox | None:
+    match = _SIMPLE_MAILBOX.fullmatch(value)
+    if match is None:
+        return None
+    domain = normalise_domain(match.group(1) or match.group(2))
+    return _Mailbox(domain) if domain is not None else None
+
+
 def _parse_header(value: str) -> tuple[list[_Mailbox], bool, tuple[str, ...]]:
     """All mailboxes of one From value, whether any part of it was malformed, and the domains
     found in text an unterminated quoted string or comment swallowed."""
+    simple = _parse_simple(value)
+    if simple is not None:
+        return [simple], False, ()
     tokens, broken, swallowed = _tokenize(value)
     extra: list[str] = []
     for text in swallowed:

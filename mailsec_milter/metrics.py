@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
@@ -103,6 +104,7 @@ class Metrics:
             "mailsec_build_info", "Always 1; the labels say what is running.",
             ["version", "python"], registry=r)
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._initialise_label_sets()
 
     def _initialise_label_sets(self) -> None:
@@ -128,6 +130,17 @@ class Metrics:
             self.check_errors.labels(check)
 
     # --- observations --------------------------------------------------------------------------
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: labels() validates and locks on every call
+        (a tenth of the per-message metrics cost). The label sets are closed, so this stays
+        small."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            self._children[key] = child
+        return child
+
     def observe_dns(self, rdtype: str, outcome: DnsOutcome, seconds: float) -> None:
         """The resolver's observer: one call per query that went to the network."""
         kind = _closed(rdtype.upper(), DNS_TYPES)
@@ -143,35 +156,36 @@ class Metrics:
 
     def observe_message(self, analysis: Analysis, verdict: Verdict, forged_removed: int,
                         seconds: float) -> None:
-        self.messages.labels(verdict.action.value, verdict.reason.value).inc()
+        self._child(self.messages, verdict.action.value, verdict.reason.value).inc()
         if verdict.dry_run_action is not None:
-            self.dry_run.labels(verdict.dry_run_action.value, verdict.reason.value).inc()
-        self.results.labels("spf", analysis.spf_mailfrom.result.value).inc()
+            self._child(self.dry_run, verdict.dry_run_action.value, verdict.reason.value).inc()
+        self._child(self.results, "spf", analysis.spf_mailfrom.result.value).inc()
         if analysis.spf_helo is not None:
-            self.results.labels("spf_helo", analysis.spf_helo.result.value).inc()
+            self._child(self.results, "spf_helo", analysis.spf_helo.result.value).inc()
         if not analysis.dkim.signatures:
-            self.results.labels("dkim", AuthResult.NONE.value).inc()
+            self._child(self.results, "dkim", AuthResult.NONE.value).inc()
         for sig in analysis.dkim.signatures:
-            self.results.labels("dkim", sig.result.value).inc()
-            self.dkim_signatures.labels(
+            self._child(self.results, "dkim", sig.result.value).inc()
+            self._child(
+                self.dkim_signatures,
                 _closed(sig.algorithm, DKIM_ALGORITHMS),
                 _closed(str(sig.key_bits), KEY_SIZES) if sig.key_bits else "unknown",
                 sig.result.value).inc()
         dmarc = analysis.dmarc
         if dmarc is not None:
-            self.results.labels("dmarc", dmarc.result.value).inc()
+            self._child(self.results, "dmarc", dmarc.result.value).inc()
             published = dmarc.policy.value if dmarc.policy is not None else "absent"
             applied = verdict.applied_disposition or "not_applied"
-            self.dmarc_policy.labels(published, _closed(applied, DISPOSITIONS)).inc()
-        self.results.labels("tls", analysis.tls.result.value).inc()
+            self._child(self.dmarc_policy, published, _closed(applied, DISPOSITIONS)).inc()
+        self._child(self.results, "tls", analysis.tls.result.value).inc()
         version = analysis.tls.version if analysis.tls.encrypted else "plaintext"
-        self.tls.labels(_closed(version, TLS_VERSIONS)).inc()
+        self._child(self.tls, _closed(version, TLS_VERSIONS)).inc()
         if forged_removed:
             self.forged.inc(forged_removed)
         for check, check_seconds in analysis.check_seconds:
-            self.check_seconds.labels(_closed(check, CHECKS)).observe(check_seconds)
+            self._child(self.check_seconds, _closed(check, CHECKS)).observe(check_seconds)
         for error in analysis.errors:
-            self.check_errors.labels(_closed(error.check, CHECKS)).inc()
+            self._child(self.check_errors, _closed(error.check, CHECKS)).inc()
         self.message_seconds.observe(seconds)
 
 

@@ -56,6 +56,11 @@ _OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {
 # cryptography refuses to load) keeps dkimpy's arithmetic so its results do not change.
 _OPENSSL_RSA_BITS = range(1024, 16385)
 _WHITESPACE = re.compile(rb"\s+")
+# dkimpy's RE_BTAG (the b= value removed before hashing the signature field, §3.7) matches
+# one base64 character per step through an optional-FWS group: ~40 µs per rsa-2048 signature.
+# Its FWS, ``(?:(?:\s*\r?\n)?\s+)?``, matches exactly the strings ``\s*`` does, so this is the
+# same language taken a run of base64 characters per step (~4 µs); equal on generated input.
+_B_TAG_VALUE = re.compile(rb"([;\s]b\s*=)(?:\s*[a-zA-Z0-9+/=]+)*(?:\r?\n\Z)?")
 
 
 def _squeeze_spaces(data: bytes) -> bytes:
@@ -221,7 +226,7 @@ class MessageHashes:
             digest.update(b":")
             digest.update(value)
         sig_name, sig_value = sig_header
-        unsigned = dkim.RE_BTAG.sub(b"\\1", sig_value)
+        unsigned = _B_TAG_VALUE.sub(b"\\1", sig_value)
         if header_algorithm == b"relaxed":
             sig_name, unsigned = sig_name.lower().rstrip(), relaxed_header_value(unsigned)
         digest.update(sig_name)

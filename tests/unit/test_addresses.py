@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailsec_milter import addresses
 from mailsec_milter.addresses import (
     AuthorDomains,
     AuthorProblem,
@@ -270,3 +271,47 @@ def _reference_tokens(value: str) -> tuple[list[tuple[str, str]], bool, list[str
 def test_fast_tokenizer_equals_the_reference(value: str) -> None:
     tokens, broken, swallowed = _tokenize(value)
     assert ([tuple(t) for t in tokens], broken, swallowed) == _reference_tokens(value)
+
+
+_ATOMS = st.text(st.sampled_from("abZ9!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=6)
+_NEAR_MISSES = st.sampled_from(["", " ", "\t", ".", "..", "@", "<", ">", "\"", "(", ")", ",",
+                                ";", ":", "[", "]", "\\", "é", "-", "a.", ".a", "1.2.3.4"])
+
+
+@st.composite
+def _from_values(draw: st.DrawFn) -> str:
+    """Mostly the simple shapes, with near-miss pieces put in anywhere and one piece taken out
+    now and then."""
+    name = " ".join(draw(st.lists(_ATOMS, max_size=3)))
+    local = ".".join(draw(st.lists(_ATOMS, min_size=1, max_size=3)))
+    domain = ".".join(draw(st.lists(st.text(st.sampled_from("ab0-"), min_size=1, max_size=5),
+                                    min_size=1, max_size=4)))
+    shape = draw(st.sampled_from(["name-addr", "addr-spec"]))
+    pieces = ([name, " <", local, "@", domain, ">"] if shape == "name-addr"
+              else [local, "@", domain])
+    for _ in range(draw(st.integers(0, 2))):
+        pieces.insert(draw(st.integers(0, len(pieces))), draw(_NEAR_MISSES))
+    if draw(st.booleans()):
+        del pieces[draw(st.integers(0, len(pieces) - 1))]
+    return draw(st.sampled_from(["", " ", "\t"])) + "".join(pieces) + draw(
+        st.sampled_from(["", " ", "\t"]))
+
+
+@settings(max_examples=4000, deadline=None)
+@given(_from_values())
+def test_simple_from_fast_path_equals_the_full_parse(value: str) -> None:
+    fast = addresses._parse_simple(value)
+    if fast is None:
+        return  # not a simple shape: the full parse is used, nothing to compare
+    tokens, broken, swallowed = addresses._tokenize(value)
+    items, structure_broken = addresses._split_items(tokens)
+    assert not broken and not swallowed and not structure_broken
+    assert len(items) == 1
+    assert addresses._parse_mailbox(items[0]) == fast
+
+
+def test_simple_from_fast_path_is_taken_for_the_common_shapes() -> None:
+    assert addresses._parse_simple("Kim Example <alex@sn37.example>") is not None
+    assert addresses._parse_simple("alex@sn37.example") is not None
+    assert addresses._parse_simple('"Kim" <alex@sn37.example>') is None  # quoted: full parse
+    assert addresses._parse_simple("a@b.example, c@d.example") is None  # a list: full parse

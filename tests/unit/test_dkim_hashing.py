@@ -197,3 +197,15 @@ def test_small_rsa_keys_keep_dkimpys_arithmetic() -> None:
     assert ours == theirs == ("returned", "True")
     modulus = dkim.evaluate_pk(b"key", _KEY_RECORDS[b"rsa512"])[0]["modulus"]
     assert dkim_hashing._openssl_rsa_key(modulus, 65537) is None
+
+
+_TAG_TEXT = st.lists(st.sampled_from([b"b", b"b=", b" b =", b";b=", b"bh=", b"\tb\r\n =", b"A",
+                                      b"z9+/", b"=", b" ", b"\r\n ", b"\r\n", b"\n", b";",
+                                      b"\x0b", b"-", b"h=a:b"]),
+                     max_size=30).map(b"".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_TAG_TEXT)
+def test_b_tag_removal_is_dkimpys(value: bytes) -> None:
+    assert dkim_hashing._B_TAG_VALUE.sub(b"\\1", value) == dkim.RE_BTAG.sub(b"\\1", value)
