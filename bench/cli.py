@@ -77,8 +77,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-messages", type=int, default=9000,
                    help="messages in the measured profile pass (default 9000; the flame "
                         "graph pass gets a third)")
-    p.add_argument("--postfix-messages", type=int, default=200,
-                   help="measured messages per Postfix configuration (default 200)")
+    p.add_argument("--postfix-messages", type=int, default=400,
+                   help="measured messages per Postfix configuration (default 400)")
+    p.add_argument("--postfix-rounds", type=int, default=4,
+                   help="rounds in which the Postfix configurations take turns (default 4)")
     p.add_argument("--time-limit", type=float, default=900.0,
                    help="overall budget in seconds for the measured levels (default 900)")
     p.add_argument("--level-time-limit", type=float, default=120.0,
@@ -358,7 +360,7 @@ class Runner:
         result = run_postfix(configs, messages, corpus.sessions,
                              warmup=min(50, len(messages)), per_session=a.per_session,
                              workdir=self.workdir, time_limit=max(60.0, a.time_limit / 2),
-                             log=log)
+                             rounds=a.postfix_rounds, log=log)
         for r in result.get("results", []):
             log(f"postfix {r['key']:<15} p50 {r['latency_ms']['p50']:.2f} ms  "
                 f"errors {r['errors']}")

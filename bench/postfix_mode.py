@@ -7,12 +7,14 @@ sees the intended IP), and times each message from MAIL FROM to the end-of-DATA 
 TCP tweak on Postfix's side: Nagle/delayed-ACK stalls show up as they would in production.
 Configurations (``smtpd_milters`` switched with a reload): no milter (the baseline), the no-op
 pymilter over TCP (with and without TCP_NODELAY), ours over TCP and over a unix socket, and the
-OpenDKIM → OpenDMARC chain over TCP and rspamd over TCP and a unix socket when they run.
+OpenDKIM → OpenDMARC chain over TCP and rspamd over TCP and a unix socket when they run. They
+take turns in rounds on slices of the corpus (see ``run_postfix``), so drift hits all alike.
 """
 
 from __future__ import annotations
 
 import smtplib
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,25 +82,24 @@ def _send_session(host: str, port: int, session: SessionSpec,
     return out
 
 
-def run_config(instance: PostfixInstance, config: PostfixConfig,
-               messages: Sequence[BenchMessage], sessions: Sequence[SessionSpec],
-               warmup: int, per_session: int, deadline: float) -> dict[str, Any]:
-    """Switch ``smtpd_milters``, warm up, then send every message (c=1)."""
-    instance.set_main_cf({"smtpd_milters": config.milters})
+def _send_batch(instance: PostfixInstance, messages: Sequence[BenchMessage],
+                sessions: Sequence[SessionSpec], per_session: int, first_session: int,
+                deadline: float) -> list[tuple[str, float, str | None, str]]:
+    """Send ``messages`` in sessions of ``per_session``; (action, s, error, expected) each."""
     samples: list[tuple[str, float, str | None, str]] = []
-    plan = [(True, messages[:warmup]), (False, messages)]
-    number = 0
-    for is_warmup, batch in plan:
-        for start in range(0, len(batch), per_session):
-            if time.monotonic() > deadline:
-                break
-            chunk = batch[start : start + per_session]
-            results = _send_session(instance.host, instance.smtp_port,
-                                    sessions[number % len(sessions)], chunk)
-            number += 1
-            if not is_warmup:
-                samples.extend((a, s, e, smtp_visible(expected_action(m)))
-                               for (a, s, e), m in zip(results, chunk, strict=True))
+    for number, start in enumerate(range(0, len(messages), per_session)):
+        if time.monotonic() > deadline:
+            break
+        chunk = messages[start : start + per_session]
+        results = _send_session(instance.host, instance.smtp_port,
+                                sessions[(first_session + number) % len(sessions)], chunk)
+        samples.extend((a, s, e, smtp_visible(expected_action(m)))
+                       for (a, s, e), m in zip(results, chunk, strict=True))
+    return samples
+
+
+def summarise(config: PostfixConfig, samples: Sequence[tuple[str, float, str | None, str]],
+              round_p50s: Sequence[float]) -> dict[str, Any]:
     ok = [s for s in samples if s[2] is None]
     actions: dict[str, int] = {}
     for action, *_rest in samples:
@@ -115,36 +116,60 @@ def run_config(instance: PostfixInstance, config: PostfixConfig,
         "actions": dict(sorted(actions.items())),
         "verdict_mismatches": sum(1 for a, _s, _e, want in ok if a != want),
         "latency_ms": latency_summary(s for _a, s, _e, _w in ok),
+        "round_p50_ms": [round(p, 3) for p in round_p50s],
     }
 
 
 def run_postfix(configs: Sequence[PostfixConfig], messages: Sequence[BenchMessage],
                 sessions: Sequence[SessionSpec], *, warmup: int, per_session: int,
-                workdir: Path, time_limit: float,
+                workdir: Path, time_limit: float, rounds: int = 4,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every configuration through one private Postfix; stopped (by PID) before returning."""
+    """Every configuration through one private Postfix; stopped (by PID) before returning.
+
+    The messages are cut into ``rounds`` slices and the configurations take turns on each
+    slice (none, noop, ours, ..., then the next slice), so a slow drift of the machine (a
+    noisy neighbour, frequency scaling) hits every configuration alike instead of whichever
+    ran last. After each switch of ``smtpd_milters`` (a reload: new smtpd processes) one
+    unmeasured session warms the path; before the first round every configuration gets
+    ``warmup`` unmeasured messages (milter DNS caches, Postfix's own).
+    """
     absent = missing()
     if absent:
         return {"skipped": f"not installed: {', '.join(absent)}", "results": []}
     instance = PostfixInstance(
         None, relay_domains=[RCPT_DOMAIN], base_dir=workdir,
         extra_main_cf={"milter_default_action": "tempfail"})
-    results: list[dict[str, Any]] = []
+    rounds = max(1, min(rounds, len(messages)))
+    size = -(-len(messages) // rounds)
+    slices = [messages[i : i + size] for i in range(0, len(messages), size)]
+    samples: dict[str, list[tuple[str, float, str | None, str]]] = {c.key: [] for c in configs}
+    round_p50s: dict[str, list[float]] = {c.key: [] for c in configs}
     deadline = time.monotonic() + time_limit
     try:
         instance.start()
         for config in configs:
+            log(f"postfix: warm-up {config.key} ({config.milters or 'no milter'})")
+            instance.set_main_cf({"smtpd_milters": config.milters})
+            _send_batch(instance, messages[:warmup], sessions, per_session, 0, deadline)
+        for number, batch in enumerate(slices):
             if time.monotonic() > deadline:
-                log(f"postfix: time limit reached, skipping {config.key}")
-                continue
-            log(f"postfix: {config.key} ({config.milters or 'no milter'})")
-            per_config_deadline = min(deadline, time.monotonic() + time_limit / 2)
-            results.append(run_config(instance, config, messages, sessions, warmup,
-                                      per_session, per_config_deadline))
+                log(f"postfix: time limit reached after {number} of {len(slices)} rounds")
+                break
+            for config in configs:
+                instance.set_main_cf({"smtpd_milters": config.milters})
+                _send_batch(instance, batch[:per_session], sessions, per_session, 0, deadline)
+                got = _send_batch(instance, batch, sessions, per_session, number * 7, deadline)
+                samples[config.key].extend(got)
+                ok = [seconds for _a, seconds, error, _w in got if error is None]
+                if ok:
+                    round_p50s[config.key].append(1000.0 * statistics.median(ok))
+            log(f"postfix: round {number + 1}/{len(slices)}: " + ", ".join(
+                f"{key} {values[-1]:.2f} ms" for key, values in round_p50s.items() if values))
     finally:
         instance.close()
+    results = [summarise(c, samples[c.key], round_p50s[c.key]) for c in configs]
     base = next((r for r in results if r["key"] == "none"), None)
     for r in results:
         r["p50_vs_no_milter"] = ratio(r["latency_ms"]["p50"],
                                       base["latency_ms"]["p50"] if base else None)
-    return {"results": results, "workdir_removed": True}
+    return {"results": results, "rounds": len(slices), "workdir_removed": True}

@@ -260,13 +260,18 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Through a real Postfix (c=1, smtplib client → Postfix → smtp-sink; "
                   "per message MAIL FROM → end-of-DATA reply)", ""]
         lines.append("| configuration | transport | msgs | p50 ms | p95 ms | mean ms | "
-                     "p50 ÷ no milter | errors |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+                     "p50 ÷ no milter | p50 per round ms | mismatches | errors |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in postfix["results"]:
             lat = r["latency_ms"]
+            per_round = " / ".join(f"{v:.2f}" for v in r.get("round_p50_ms", []))
             lines.append(f"| {r['label']} | {r['transport']} | {r['ok']} | {lat['p50']:.2f} | "
                          f"{lat['p95']:.2f} | {lat['mean']:.2f} | "
-                         f"{_ratio_text(r.get('p50_vs_no_milter'))} | {r['errors']} |")
+                         f"{_ratio_text(r.get('p50_vs_no_milter'))} | {per_round or '—'} | "
+                         f"{r.get('verdict_mismatches', 0)} | {r['errors']} |")
+        if postfix.get("rounds"):
+            lines += ["", f"The configurations took turns in {postfix['rounds']} rounds on "
+                      "slices of the corpus; a quarantine (hold queue) is expected as a 250."]
     elif postfix.get("skipped"):
         lines += ["", f"Postfix mode skipped: {postfix['skipped']}"]
     profile = report.get("profile")
