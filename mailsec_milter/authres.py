@@ -11,6 +11,7 @@ to prove every header we write parses.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -108,12 +109,13 @@ def _fold(text: str, first_limit: int, limit: int) -> list[str]:
     pieces: list[str] = []
     start, room = 0, first_limit
     while len(text) - start > room:
-        fitting = [i for i in breaks if start + 1 < i <= start + room]
-        later = [i for i in breaks if i > start + room]
-        if fitting:
-            cut = fitting[-1]
-        elif later:
-            cut = later[0]
+        # the last break within reach (after the piece's first character), else the first
+        # one beyond it; ``breaks`` is sorted
+        after = bisect.bisect_right(breaks, start + room)
+        if after and breaks[after - 1] > start + 1:
+            cut = breaks[after - 1]
+        elif after < len(breaks):
+            cut = breaks[after]
         else:
             break
         pieces.append(text[start:cut])

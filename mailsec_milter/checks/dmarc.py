@@ -173,6 +173,7 @@ def _has_valid_uri(value: str | None) -> bool:
     return False
 
 
+@lru_cache(maxsize=1024)  # once per distinct record text, not per message (immutable)
 def parse_record(text: bytes | str, *, mode: Mode = "rfc9989") -> RecordParse:
     """Parse one (concatenated, §4.5) TXT string. Never raises.
 
