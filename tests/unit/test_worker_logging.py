@@ -1,0 +1,24 @@
+"""The worker's log line format is the standard one, only cheaper to produce."""
+
+from __future__ import annotations
+
+import logging
+
+from mailsec_milter.worker import _SecondCachedFormatter
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+def _record(created: float) -> logging.LogRecord:
+    record = logging.LogRecord("mailsec_milter.milter", logging.INFO, __file__, 1,
+                               "queue_id=%s verdict=%s", ("ABC", "accept"), None)
+    record.created = created
+    record.msecs = (created - int(created)) * 1000
+    return record
+
+
+def test_same_text_as_the_standard_formatter_across_seconds() -> None:
+    ours, standard = _SecondCachedFormatter(FORMAT), logging.Formatter(FORMAT)
+    for created in (1795830000.001, 1795830000.999, 1795830001.0, 1795830001.5, 1795829999.25):
+        record = _record(created)
+        assert ours.format(record) == standard.format(_record(created))
