@@ -358,7 +358,7 @@ class Runner:
                                              rspamd.unix_socket))
         messages = corpus.messages[: a.postfix_messages]
         result = run_postfix(configs, messages, corpus.sessions,
-                             warmup=min(50, len(messages)), per_session=a.per_session,
+                             warmup=len(messages), per_session=a.per_session,
                              workdir=self.workdir, time_limit=max(60.0, a.time_limit / 2),
                              rounds=a.postfix_rounds, log=log)
         for r in result.get("results", []):

@@ -131,7 +131,8 @@ def run_postfix(configs: Sequence[PostfixConfig], messages: Sequence[BenchMessag
     noisy neighbour, frequency scaling) hits every configuration alike instead of whichever
     ran last. After each switch of ``smtpd_milters`` (a reload: new smtpd processes) one
     unmeasured session warms the path; before the first round every configuration gets
-    ``warmup`` unmeasured messages (milter DNS caches, Postfix's own).
+    ``warmup`` unmeasured messages (the CLI passes all of them: milters started just for this
+    mode, like ours on a unix socket, would otherwise be measured with cold DNS caches).
     """
     absent = missing()
     if absent:
