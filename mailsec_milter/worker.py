@@ -5,7 +5,7 @@ metrics endpoint, and reporting to the supervisor over a status pipe: ``READY <p
 serves, and its final metrics when libmilter's loop has ended.
 Must not: open sockets to the MTA, change users, or handle reloads: the supervisor
 (daemon.py) does those. libmilter's own signal thread handles SIGTERM here: it stops
-accepting, lets sessions finish, and main() returns.
+accepting, lets sessions finish, and run_worker() returns.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import encodings.idna  # noqa: F401
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import tomllib
@@ -195,46 +194,3 @@ def run_worker(config_text: str, listen_fd: int, status: IO[str], metrics_enable
         except OSError:
             pass
     return 0
-
-
-class _SecondCachedFormatter(logging.Formatter):
-    """The standard format, with the date text made once per second instead of per record
-    (``time.strftime`` showed up in the per-message profile)."""
-
-    _cached: tuple[int, str] = (-1, "")
-
-    def formatTime(self, record: logging.LogRecord,  # noqa: N802 (overrides logging)
-                   datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if self._cached[0] != second:
-            self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                  self.converter(record.created)))
-        return f"{self._cached[1]},{int(record.msecs):03d}"
-
-
-def setup_worker_logging() -> None:
-    """One line per message goes through ``logging``: keep that path short. Python's logging
-    docs ("Optimization") name these switches; our format reads none of what they turn off
-    (caller file/line, thread and multiprocessing names)."""
-    logging._srcfile = None  # no stack walk per record to find the caller
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_SecondCachedFormatter(
-        "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-def main(argv: list[str]) -> int:
-    """``python -m mailsec_milter.worker LISTEN_FD STATUS_FD METRICS(0|1)``; config on stdin."""
-    listen_fd, status_fd, metrics_flag = (int(a) for a in argv[:3])
-    setup_worker_logging()
-    config_text = sys.stdin.read()
-    with os.fdopen(status_fd, "w") as status:
-        return run_worker(config_text, listen_fd, status, bool(metrics_flag))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

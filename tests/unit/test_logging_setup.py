@@ -1,12 +1,10 @@
-"""The worker's log line format is the standard one, only cheaper to produce."""
+"""The daemon's log lines are the standard format, only cheaper to produce."""
 
 from __future__ import annotations
 
 import logging
 
-from mailsec_milter.worker import _SecondCachedFormatter
-
-FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+from mailsec_milter.cli import LOG_FORMAT, SecondCachedFormatter
 
 
 def _record(created: float) -> logging.LogRecord:
@@ -18,7 +16,7 @@ def _record(created: float) -> logging.LogRecord:
 
 
 def test_same_text_as_the_standard_formatter_across_seconds() -> None:
-    ours, standard = _SecondCachedFormatter(FORMAT), logging.Formatter(FORMAT)
+    ours, standard = SecondCachedFormatter(LOG_FORMAT), logging.Formatter(LOG_FORMAT)
     for created in (1795830000.001, 1795830000.999, 1795830001.0, 1795830001.5, 1795829999.25):
         record = _record(created)
         assert ours.format(record) == standard.format(_record(created))
