@@ -137,45 +137,33 @@ def check_dkim(lookup: Lookup, snapshot: MessageSnapshot, settings: DkimSettings
     if not headers:
         return DkimOutcome()
     evaluated = headers[: max(0, settings.max_signatures)]
-    verifier = _verifier_for(snapshot)
-    hashes = MessageHashes([(name, value) for name, value in verifier.headers], verifier.body)
+    # The fields as they came, not re-parsed from text: dkimpy's parser refuses a whole message
+    # over one odd header name (any byte outside [\x21-\x7e]), which would turn every
+    # signature, valid ones included, into permerror.
+    names = [h.name.encode("ascii", errors="replace") for h in snapshot.headers]
+    hashes = MessageHashes([(name, h.raw_value) for name, h in zip(names, snapshot.headers,
+                                                                   strict=True)],
+                           snapshot.body)
+    positions = [i for i, name in enumerate(names) if name.lower() == b"dkim-signature"]
     outcomes = tuple(
-        _verify_one(verifier, hashes, index, header, lookup, settings)
-        for index, header in enumerate(evaluated)
+        _verify_one(hashes, positions[number] if number < len(positions) else None, header,
+                    lookup, settings)
+        for number, header in enumerate(evaluated)
     )
     return DkimOutcome(outcomes, len(headers) - len(evaluated))
 
 
-_LINE_END = re.compile(rb"\r?\n")
-
-
-def _crlf(data: bytes) -> bytes:
-    """Every LF or CRLF line end as CRLF, as dkimpy's own parser would make it.
-
-    The common case — already CRLF everywhere, as Postfix sends it — is detected with two
-    counts instead of running the regex over the whole body.
+def _signature_fields(value: bytes) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """What ``dkim.DKIM.verify_headerprep`` reads from one signature field: dkimpy's own tag
+    parse and field checks (mandatory tags, base64, x=/t=, i= under d=, ...) and the h= list,
+    without building a verifier object per message and rescanning every header per signature.
     """
-    if b"\r" not in data or (data.count(b"\r") == data.count(b"\r\n") ==
-                               data.count(b"\n")):
-        return data.replace(b"\n", b"\r\n") if b"\r" not in data else data
-    return _LINE_END.sub(b"\r\n", data)
-
-
-def _verifier_for(snapshot: MessageSnapshot) -> dkim.DKIM:
-    """A dkimpy verifier holding exactly the snapshot's fields, without re-parsing the message.
-
-    ``dkim.DKIM(raw)`` re-parses the text and refuses the whole message over one odd header name
-    (any byte outside ``[\\x21-\\x7e]``), which would turn every signature, valid ones included,
-    into permerror. We hand it the fields we already have, with line ends normalised to CRLF
-    exactly as its own parser does.
-    """
-    verifier = dkim.DKIM(None, minkey=0)
-    verifier.headers = [
-        [h.name.encode("ascii", errors="replace"), _crlf(h.raw_value) + b"\r\n"]
-        for h in snapshot.headers
-    ]
-    verifier.body = _crlf(snapshot.body)
-    return verifier
+    try:
+        sig: dict[bytes, bytes] = dkim.util.parse_tag_value(value)
+    except dkim.util.InvalidTagValueList as exc:
+        raise dkim.MessageFormatError(exc) from exc
+    dkim.validate_signature_fields(sig)
+    return sig, [x.lower() for x in re.split(rb"\s*:\s*", sig[b"h"])]
 
 
 def _describe(header: Header, result: AuthResult, comment: str,
@@ -202,7 +190,7 @@ def _short(exc: BaseException) -> str:
     return text[:100]
 
 
-def _verify_one(verifier: dkim.DKIM, hashes: MessageHashes, index: int, header: Header,
+def _verify_one(hashes: MessageHashes, position: int | None, header: Header,
                 lookup: Lookup, settings: DkimSettings) -> DkimSignatureOutcome:
     tags = parse_tag_list(header.raw_value)
     if tags is None:
@@ -210,13 +198,13 @@ def _verify_one(verifier: dkim.DKIM, hashes: MessageHashes, index: int, header: 
     algorithm = tags.get("a", b"").decode("ascii", errors="replace").strip().lower()
     if algorithm not in VERIFIABLE_ALGORITHMS:
         return _describe(header, AuthResult.PERMERROR, f"unknown algorithm {algorithm[:30]!r}")
+    if position is None:
+        return _describe(header, AuthResult.PERMERROR, "signature not found")
+    sig_header = hashes.field(position)
     try:
-        prepared = verifier.verify_headerprep(idx=index)
+        sig, include_headers = _signature_fields(sig_header[1])
     except Exception as exc:  # dkimpy parses attacker text: any crash is a bad signature
         return _describe(header, AuthResult.PERMERROR, f"invalid signature: {_short(exc)}")
-    if not prepared:
-        return _describe(header, AuthResult.PERMERROR, "signature not found")
-    sig, include_headers, sig_headers = prepared
     if b"from" not in include_headers:
         return _describe(header, AuthResult.PERMERROR, "From is not signed (RFC 6376 5.4)")
     name = key_name(tags)
@@ -250,8 +238,8 @@ def _verify_one(verifier: dkim.DKIM, hashes: MessageHashes, index: int, header: 
         return _describe(header, AuthResult.PERMERROR, problem, key_bits)
 
     try:
-        valid = hashes.verify(sig, include_headers, sig_headers[index], pk,
-                              key_type.encode(), bool(seqtlsrpt))
+        valid = hashes.verify(sig, include_headers, sig_header, pk, key_type.encode(),
+                              bool(seqtlsrpt))
     except dkim.ValidationError as exc:
         message = str(exc)
         if "body hash mismatch" in message:

@@ -56,11 +56,25 @@ _OPENSSL_HASHES: dict[str, hashes.HashAlgorithm] = {
 # cryptography refuses to load) keeps dkimpy's arithmetic so its results do not change.
 _OPENSSL_RSA_BITS = range(1024, 16385)
 _WHITESPACE = re.compile(rb"\s+")
+_LINE_END = re.compile(rb"\r?\n")
 # dkimpy's RE_BTAG (the b= value removed before hashing the signature field, §3.7) matches
 # one base64 character per step through an optional-FWS group: ~40 µs per rsa-2048 signature.
 # Its FWS, ``(?:(?:\s*\r?\n)?\s+)?``, matches exactly the strings ``\s*`` does, so this is the
 # same language taken a run of base64 characters per step (~4 µs); equal on generated input.
 _B_TAG_VALUE = re.compile(rb"([;\s]b\s*=)(?:\s*[a-zA-Z0-9+/=]+)*(?:\r?\n\Z)?")
+
+
+def crlf(data: bytes) -> bytes:
+    """Every LF or CRLF line end as CRLF, as dkimpy's own parser would make it.
+
+    The common case — already CRLF everywhere, as Postfix sends it — is detected with counts
+    instead of running the regex over the whole text.
+    """
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    if data.count(b"\r") == data.count(b"\r\n") == data.count(b"\n"):
+        return data
+    return _LINE_END.sub(b"\r\n", data)
 
 
 def _squeeze_spaces(data: bytes) -> bytes:
@@ -117,13 +131,16 @@ def _rsa_verify(digest: Any, signature: bytes, pk: dict[str, Any]) -> bool:
 class MessageHashes:
     """One message's header fields and body, canonicalised and hashed at most once per form.
 
-    ``headers`` are ``(name, value)`` pairs with values ending in CRLF, ``body`` has CRLF line
-    ends (as dkimpy's own parser leaves them). Not shared between threads: one per message.
+    ``headers`` are ``(name, value)`` pairs as the MTA gave them (value without its final line
+    end, line ends LF or CRLF); ``body`` likewise. Each is brought to CRLF line ends (what
+    dkimpy's own parser makes of a message) when first needed, headers only when signed. Not
+    shared between threads: one per message.
     """
 
     def __init__(self, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
         self.headers = headers
-        self.body = body
+        self.body = crlf(body)
+        self._fields: dict[int, bytes] = {}
         self._names: dict[bytes, list[bytes]] = {}
         self._values: dict[tuple[bytes, int], bytes] = {}
         self._bodies: dict[bytes, bytes] = {}
@@ -150,8 +167,17 @@ class MessageHashes:
             self._names[algorithm] = names
         return names
 
+    def field(self, index: int) -> tuple[bytes, bytes]:
+        """Header ``index`` as dkimpy holds it: the name, and the value with CRLF line ends and
+        a final CRLF."""
+        value = self._fields.get(index)
+        if value is None:
+            value = crlf(self.headers[index][1]) + b"\r\n"
+            self._fields[index] = value
+        return self.headers[index][0], value
+
     def _canonical_field(self, algorithm: bytes, index: int) -> tuple[bytes, bytes]:
-        name, value = self.headers[index]
+        name, value = self.field(index)
         if algorithm != b"relaxed":
             return name, value
         key = (algorithm, index)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mailsec_milter.checks import dkim_hashing
-from mailsec_milter.checks.dkim import _verifier_for
+from mailsec_milter.checks.dkim import _signature_fields
 from mailsec_milter.checks.dkim_hashing import MessageHashes, relaxed_body, relaxed_header_value
 from mailsec_milter.model import Envelope, Header, MessageSnapshot
 from tests.support import dkimkeys
@@ -46,7 +46,8 @@ def test_relaxed_header_value_is_dkimpys(value: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(_bodies)
 def test_simple_body_is_dkimpys(body: bytes) -> None:
-    assert MessageHashes([], body).canonical_body(b"simple") == Simple.canonicalize_body(body)
+    expected = Simple.canonicalize_body(re.sub(rb"\r?\n", b"\r\n", body))
+    assert MessageHashes([], body).canonical_body(b"simple") == expected
 
 
 def test_long_whitespace_runs_collapse_to_one_space() -> None:
@@ -68,33 +69,57 @@ def _outcome(run: Any) -> tuple[str, ...]:
         return ("raised", type(exc).__name__, str(exc))
 
 
-def _fields(message: bytes) -> dkim.DKIM:
-    """A dkimpy verifier holding the message as the milter hands it over: field names exactly
-    as written before the colon (``FROM :`` included, which dkimpy's own parser refuses)."""
+def _fields(message: bytes) -> MessageSnapshot:
+    """The message as the milter hands it over: field names exactly as written before the
+    colon (``FROM :`` included, which dkimpy's own parser refuses)."""
     head, _, body = message.partition(b"\r\n\r\n")
     headers = []
     for field in re.split(rb"\r\n(?![ \t])", head):
         name, _, value = field.partition(b":")
         headers.append(Header(name.decode("ascii"), value))
-    return _verifier_for(MessageSnapshot(Envelope(None), tuple(headers), body))
+    return MessageSnapshot(Envelope(None), tuple(headers), body)
+
+
+def _reference_verifier(snapshot: MessageSnapshot) -> dkim.DKIM:
+    """dkimpy's verifier holding those fields, line ends made CRLF as its parser makes them."""
+    verifier = dkim.DKIM(None, minkey=0)
+    verifier.headers = [[h.name.encode("ascii", "replace"),
+                         re.sub(rb"\r?\n", b"\r\n", h.raw_value) + b"\r\n"]
+                        for h in snapshot.headers]
+    verifier.body = re.sub(rb"\r?\n", b"\r\n", snapshot.body)
+    return verifier
+
+
+def _ours(snapshot: MessageSnapshot) -> MessageHashes:
+    return MessageHashes([(h.name.encode("ascii", "replace"), h.raw_value)
+                          for h in snapshot.headers], snapshot.body)
 
 
 def _both(message: bytes, index: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(dkimpy's verify_sig_process, MessageHashes.verify) for signature ``index``."""
-    reference = _fields(message)
-    prepared = reference.verify_headerprep(idx=index)
-    assert prepared
-    sig, include, sig_headers = prepared
-    key_text = _KEY_RECORDS[sig[b"s"]]
-    pk, bits, ktag, tlsrpt = dkim.evaluate_pk(b"key", key_text)
-    reference.pk, reference.keysize, reference.ktag, reference.seqtlsrpt = pk, bits, ktag, tlsrpt
-    theirs = _outcome(lambda: reference.verify_sig_process(
-        dict(sig), list(include), sig_headers[index], None))
-    ours_input = _fields(message)
-    hashes = MessageHashes([(n, v) for n, v in ours_input.headers], ours_input.body)
-    ours = _outcome(lambda: hashes.verify(dict(sig), list(include), sig_headers[index], pk,
-                                          ktag, bool(tlsrpt)))
-    return theirs, ours
+    """dkimpy (verify_headerprep + verify_sig_process) against ours (_signature_fields +
+    MessageHashes.verify) for signature ``index``: same answer, or the same exception."""
+    snapshot = _fields(message)
+    reference = _reference_verifier(snapshot)
+    hashes = _ours(snapshot)
+    position = [i for i, h in enumerate(snapshot.headers)
+                if h.name.lower() == "dkim-signature"][index]
+    selector = dkim.util.parse_tag_value(hashes.field(position)[1])[b"s"]
+    pk, bits, ktag, tlsrpt = dkim.evaluate_pk(b"key", _KEY_RECORDS[selector])
+
+    def theirs() -> object:
+        prepared = reference.verify_headerprep(idx=index)
+        assert prepared
+        sig, include, sig_headers = prepared
+        reference.pk, reference.keysize, reference.ktag, reference.seqtlsrpt = (
+            pk, bits, ktag, tlsrpt)
+        return reference.verify_sig_process(sig, include, sig_headers[index], None)
+
+    def ours() -> object:
+        sig_header = hashes.field(position)
+        sig, include = _signature_fields(sig_header[1])
+        return hashes.verify(sig, include, sig_header, pk, ktag, bool(tlsrpt))
+
+    return _outcome(theirs), _outcome(ours)
 
 
 _RSA = dkimkeys.rsa_key(1024)
@@ -150,12 +175,12 @@ def test_two_signatures_share_one_canonical_body(monkeypatch: pytest.MonkeyPatch
     message = b"From: a@example.com\r\nSubject: s\r\n\r\nbody  text \r\n"
     message = dkimkeys.sign(message, _ED, "ed")
     message = dkimkeys.sign(message, _RSA, "rsa")
-    verifier = dkim.DKIM(message)
-    hashes = MessageHashes([(n, v) for n, v in verifier.headers], verifier.body)
-    for index in (0, 1):
-        sig, include, sig_headers = verifier.verify_headerprep(idx=index)
+    hashes = _ours(_fields(message))
+    for position in (0, 1):  # the two DKIM-Signature fields come first
+        sig_header = hashes.field(position)
+        sig, include = _signature_fields(sig_header[1])
         pk, _bits, ktag, _tlsrpt = dkim.evaluate_pk(b"key", _KEY_RECORDS[sig[b"s"]])
-        assert hashes.verify(sig, include, sig_headers[index], pk, ktag, False) is True
+        assert hashes.verify(sig, include, sig_header, pk, ktag, False) is True
     assert len(calls) == 1
 
 
@@ -209,3 +234,9 @@ _TAG_TEXT = st.lists(st.sampled_from([b"b", b"b=", b" b =", b";b=", b"bh=", b"\t
 @given(_TAG_TEXT)
 def test_b_tag_removal_is_dkimpys(value: bytes) -> None:
     assert dkim_hashing._B_TAG_VALUE.sub(b"\\1", value) == dkim.RE_BTAG.sub(b"\\1", value)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_bodies)
+def test_crlf_is_dkimpys_line_end_rule(data: bytes) -> None:
+    assert dkim_hashing.crlf(data) == re.sub(rb"\r?\n", b"\r\n", data)
