@@ -7,8 +7,9 @@ Must not: decide a verdict, log, or reach DNS except through the Lookup it is gi
 Why we do not call ``dkim.DKIM.verify()`` directly (see LIBRARY-NOTES.md): it swallows DNS
 timeouts as ``False``, reports a missing key like a bad signature, lets rsa-sha1 pass and reads
 a key object left over from the previous index. We use its signature and key parsing
-(``verify_headerprep``, ``evaluate_pk``) and own the rest; canonicalisation, hashing and the
-public-key check are done once per message in ``dkim_hashing.py`` (why: see there).
+(``parse_tag_value``, ``validate_signature_fields``, ``evaluate_pk``) and own the rest;
+canonicalisation, hashing and the public-key check are done once per message in
+``dkim_hashing.py`` (why: see there).
 """
 
 from __future__ import annotations
