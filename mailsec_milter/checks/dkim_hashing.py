@@ -43,7 +43,7 @@ from dkim.canonicalization import (
 
 __all__ = ["MessageHashes", "relaxed_body", "relaxed_header_value"]
 
-_HASHES: dict[bytes, Callable[[], Any]] = {
+_HASHES: dict[bytes, Callable[..., Any]] = {
     b"rsa-sha1": hashlib.sha1,
     b"rsa-sha256": hashlib.sha256,
     b"ed25519-sha256": hashlib.sha256,
@@ -144,7 +144,7 @@ class MessageHashes:
         self._names: dict[bytes, list[bytes]] = {}
         self._values: dict[tuple[bytes, int], bytes] = {}
         self._bodies: dict[bytes, bytes] = {}
-        self._body_hashes: dict[tuple[bytes, str, bytes | None], bytes] = {}
+        self._body_hashes: dict[tuple[bytes, Callable[..., Any], bytes | None], bytes] = {}
 
     # --- canonical forms ----------------------------------------------------------------------
     def canonical_body(self, algorithm: bytes) -> bytes:
@@ -204,18 +204,16 @@ class MessageHashes:
         return chosen
 
     # --- hashes ---------------------------------------------------------------------------------
-    def body_hash(self, algorithm: bytes, hasher: Callable[[], Any],
+    def body_hash(self, algorithm: bytes, hasher: Callable[..., Any],
                   length: bytes | None) -> bytes:
         """§3.7 body hash of the canonical body, cut to ``l=`` when given."""
-        probe = hasher()
-        key = (algorithm, probe.name, length)
+        key = (algorithm, hasher, length)
         found = self._body_hashes.get(key)
         if found is None:
             body = self.canonical_body(algorithm)
             if length is not None:
                 body = body[: int(length)]
-            probe.update(body)
-            found = probe.digest()
+            found = hasher(body).digest()
             self._body_hashes[key] = found
         return found
 

@@ -81,15 +81,20 @@ def config_with(process: MilterProcess, authserv_id: str) -> str:
     return render_toml(config)
 
 
+def _open_message(client: mc.MilterClient) -> None:
+    """A session up to an answered DATA: the milter holds a message in flight."""
+    client.negotiate()
+    client.smtp_connect("[192.0.2.10]", "4", 0, "192.0.2.10")
+    client.helo("client.test.example")
+    client.mail_from("<a@sender.example>")
+    client.rcpt("<b@example.net>")
+    client.data()
+
+
 def test_sighup_reloads_without_dropping_a_session_in_flight(milter: MilterProcess) -> None:
     assert milter.process is not None
     with mc.MilterClient.connect(milter.socket_spec) as client:
-        client.negotiate()
-        client.smtp_connect("[192.0.2.10]", "4", 0, "192.0.2.10")
-        client.helo("client.test.example")
-        client.mail_from("<a@sender.example>")
-        client.rcpt("<b@example.net>")
-        client.data()  # answered: the milter has seen MAIL FROM when this returns
+        _open_message(client)  # DATA is answered: the milter has seen MAIL FROM
         milter.write_config(config_with(milter, "after.test.example"))
         milter.process.send_signal(signal.SIGHUP)
         assert wait_until(lambda: "configuration reloaded" in milter.log()), milter.log()
@@ -261,12 +266,7 @@ def test_sigterm_lets_a_message_in_flight_finish() -> None:
     with MilterProcess({"dns": NO_DNS}) as process:
         assert process.process is not None
         with mc.MilterClient.connect(process.socket_spec) as client:
-            client.negotiate()
-            client.smtp_connect("[192.0.2.10]", "4", 0, "192.0.2.10")
-            client.helo("client.test.example")
-            client.mail_from("<a@sender.example>")
-            client.rcpt("<b@example.net>")
-            client.data()  # answered: the worker is mid-message now
+            _open_message(client)  # DATA is answered: the worker is mid-message now
             process.process.send_signal(signal.SIGTERM)
             assert wait_until(lambda: "finishing messages in flight" in process.log())
             # A new connection is refused while this one finishes.

@@ -121,3 +121,16 @@ def test_dmarc_can_be_switched_off(pool: ThreadPoolExecutor) -> None:
     settings = settings_from_mapping({"dmarc": {"enabled": False}})
     analysis = Engine(settings, RecordingResolver(), pool).analyse(snapshot())
     assert analysis.dmarc is None
+
+
+def test_a_crash_in_the_inline_spf_shortcut_falls_back_to_the_pool(
+        pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spf_without_dns runs on the MTA's thread; if it breaks, the full check in the pool
+    still gives the real result (and would record the crash if that broke too)."""
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("shortcut bug")
+
+    monkeypatch.setattr(engine_module, "spf_without_dns", boom)
+    analysis = Engine(SETTINGS, RecordingResolver(), pool).analyse(snapshot())
+    assert analysis.errors == ()
+    assert analysis.spf_mailfrom.result is AuthResult.PASS
