@@ -101,7 +101,33 @@ class Resolver(Protocol):
 
     def prefetch(self, name: str, rdtype: str) -> None: ...
 
+    def cached(self, name: str, rdtype: str) -> DnsResult | None:
+        """The answer if it is known without asking the network, else None."""
+        ...
+
     def close(self) -> None: ...
+
+
+class CacheMissError(Exception):
+    """Raised by CachedOnlyLookup: this answer would need the network."""
+
+
+class CachedOnlyLookup:
+    """A Lookup that answers only from the resolver's cache, for work worth doing inline only
+    when no DNS round trip is needed. A miss raises CacheMissError and sets ``missed``: the flag
+    stays true even where a library swallows the exception (pyspf's bare ``except:`` around
+    exp= lookups), so the caller can always tell the result is not to be used."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+        self.missed = False
+
+    def query(self, name: str, rdtype: str) -> DnsResult:
+        answer = self._resolver.cached(name, rdtype)
+        if answer is None:
+            self.missed = True
+            raise CacheMissError(f"{name}/{rdtype} is not cached")
+        return answer
 
 
 class BoundLookup:
@@ -253,6 +279,9 @@ class CachingResolver:
                     del self._inflight[key]
 
         future.add_done_callback(forget)
+
+    def cached(self, name: str, rdtype: str) -> DnsResult | None:
+        return self._cache.get((normalise_name(name), rdtype.upper()))
 
     def query(self, name: str, rdtype: str, deadline: Deadline | None = None) -> DnsResult:
         key = (normalise_name(name), rdtype.upper())
@@ -429,6 +458,11 @@ class StaticResolver:
             self._names.add(".".join(labels[i:]))
 
     def prefetch(self, name: str, rdtype: str) -> None:
+        return None
+
+    def cached(self, name: str, rdtype: str) -> DnsResult | None:
+        # No cache: checks over fixed records always take the full path (through query(),
+        # which counts them and honours deadlines), as the tests of those paths expect.
         return None
 
     def close(self) -> None:

@@ -40,6 +40,11 @@ class SpfOutcome:
     comment: str = ""
 
 
+# What an evaluation needs once the DNS-free cases are ruled out:
+# (client IP, sender address, domain, the identity A-R reports, HELO name).
+SpfInputs = tuple[str, str, str, str, str]
+
+
 _PYSPF_RESULTS = {
     "pass": AuthResult.PASS,
     "fail": AuthResult.FAIL,
@@ -136,7 +141,13 @@ def check_spf(
     known = spf_without_dns(client_ip, identity, mail_from, helo, cache)
     if isinstance(known, SpfOutcome):
         return known
-    ip, sender, domain, reported, helo = known
+    return evaluate_spf(lookup, identity, known, receiver, cache)
+
+
+def evaluate_spf(lookup: Lookup, identity: SpfIdentity, inputs: SpfInputs, receiver: str = "",
+                 cache: SpfResultCache | None = None) -> SpfOutcome:
+    """pyspf's evaluation of what ``spf_without_dns`` left to do, reading DNS from ``lookup``."""
+    ip, sender, domain, reported, helo = inputs
     query = _Query(i=ip, s=sender, h=helo or "unknown", receiver=receiver or "unknown",
                    strict=True, querytime=0)
     previous = getattr(_active, "lookup", None), getattr(_active, "consulted", None)
@@ -159,7 +170,7 @@ def spf_without_dns(
     mail_from: str,
     helo: str,
     cache: SpfResultCache | None = None,
-) -> SpfOutcome | tuple[str, str, str, str, str]:
+) -> SpfOutcome | SpfInputs:
     """The outcome when it is known without asking DNS (nothing to check, or a cached
     result), else what the evaluation needs: (ip, sender, domain, reported identity, helo).
 

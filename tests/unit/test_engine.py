@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
 from mailsec_milter import engine as engine_module
+from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome, check_spf
 from mailsec_milter.config import settings_from_mapping
-from mailsec_milter.dns import Deadline, DnsResult, StaticResolver
+from mailsec_milter.dns import (
+    BoundLookup,
+    CachedOnlyLookup,
+    CacheMissError,
+    CachingResolver,
+    Deadline,
+    DnsOutcome,
+    DnsResult,
+    ResolverSettings,
+    StaticResolver,
+)
 from mailsec_milter.engine import Engine
 from mailsec_milter.model import AuthResult, Envelope, MessageSnapshot, parse_message
 from mailsec_milter.policy import Action, Reason, decide
@@ -134,3 +145,112 @@ def test_a_crash_in_the_inline_spf_shortcut_falls_back_to_the_pool(
     analysis = Engine(SETTINGS, RecordingResolver(), pool).analyse(snapshot())
     assert analysis.errors == ()
     assert analysis.spf_mailfrom.result is AuthResult.PASS
+
+
+SPF_ZONE = """
+direct.example. TXT "v=spf1 ip4:192.0.2.0/24 -all"
+inc.example. TXT "v=spf1 include:_spf.inc.example -all"
+_spf.inc.example. TXT "v=spf1 ip4:192.0.2.0/24 ~all"
+redir.example. TXT "v=spf1 redirect=_spf.inc.example"
+explained.example. TXT "v=spf1 -all exp=why.explained.example"
+why.explained.example. TXT "not allowed"
+mx.example. TXT "v=spf1 mx -all"
+mx.example. MX 10 mail.mx.example.
+mail.mx.example. A 192.0.2.10
+"""
+
+
+class CountingBackend:
+    """A network stand-in behind a real CachingResolver: counts what reaches it."""
+
+    def __init__(self) -> None:
+        self.records = StaticResolver.from_zone_text(SPF_ZONE)
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, name: str, rdtype: str, budget: float) -> DnsResult:
+        self.asked.append((name, rdtype))
+        return self.records.query(name, rdtype)
+
+
+def caching_engine(pool: ThreadPoolExecutor) -> tuple[Engine, CachingResolver, CountingBackend]:
+    backend = CountingBackend()
+    resolver = CachingResolver(ResolverSettings(prefetch_threads=1), backend=backend)
+    return Engine(SETTINGS, resolver, pool), resolver, backend
+
+
+@pytest.mark.parametrize("domain,ip,expected", [
+    ("direct.example", "192.0.2.10", AuthResult.PASS),
+    ("direct.example", "198.51.100.1", AuthResult.FAIL),
+    ("inc.example", "192.0.2.10", AuthResult.PASS),
+    ("inc.example", "198.51.100.1", AuthResult.FAIL),
+    ("redir.example", "198.51.100.1", AuthResult.SOFTFAIL),
+    ("explained.example", "192.0.2.10", AuthResult.FAIL),
+    ("mx.example", "192.0.2.10", AuthResult.PASS),
+])
+def test_spf_is_evaluated_inline_once_every_answer_it_reads_is_cached(
+        pool: ThreadPoolExecutor, domain: str, ip: str, expected: AuthResult) -> None:
+    """The first check goes to the pool (DNS needed); a second, for another client, finds
+    every answer cached and is answered on the MTA's thread, with the same result and no
+    query reaching the network."""
+    engine, resolver, backend = caching_engine(pool)
+    try:
+        first = engine.start_spf(SpfIdentity.MAILFROM, "203.0.113.7", f"a@{domain}", "h.example")
+        assert isinstance(first, Future)  # nothing cached yet: the pool asks DNS
+        first.result(timeout=5)
+        asked = len(backend.asked)
+        second = engine.start_spf(SpfIdentity.MAILFROM, ip, f"a@{domain}", "h.example")
+        assert isinstance(second, SpfOutcome)
+        assert second.result is expected
+        assert len(backend.asked) == asked
+        pooled = check_spf(BoundLookup(backend.records, None), ip, SpfIdentity.MAILFROM,
+                           f"a@{domain}", "h.example")
+        assert (second.result, second.comment) == (pooled.result, pooled.comment)
+    finally:
+        resolver.close()
+
+
+def test_a_cache_miss_midway_sends_spf_to_the_pool_with_the_real_result(
+        pool: ThreadPoolExecutor) -> None:
+    """The record is cached but the include it points to is not: the inline attempt stops at
+    the miss and the pool gives the real answer (never a result built on a missing answer)."""
+    engine, resolver, backend = caching_engine(pool)
+    try:
+        resolver.query("inc.example", "TXT")  # only the first record is cached
+        pending = engine.start_spf(SpfIdentity.MAILFROM, "192.0.2.10", "a@inc.example",
+                                   "h.example")
+        assert isinstance(pending, Future)
+        assert pending.result(timeout=5).result is AuthResult.PASS
+        assert ("_spf.inc.example", "TXT") in backend.asked
+    finally:
+        resolver.close()
+
+
+def test_a_miss_that_pyspf_swallows_still_sends_spf_to_the_pool(
+        pool: ThreadPoolExecutor) -> None:
+    """pyspf wraps the exp= lookup in a bare ``except:``; the lookup's own flag still marks
+    the inline attempt as incomplete."""
+    engine, resolver, _backend = caching_engine(pool)
+    try:
+        resolver.query("explained.example", "TXT")  # exp= target not cached
+        pending = engine.start_spf(SpfIdentity.MAILFROM, "198.51.100.1",
+                                   "a@explained.example", "h.example")
+        assert isinstance(pending, Future)
+        assert pending.result(timeout=5).result is AuthResult.FAIL
+    finally:
+        resolver.close()
+
+
+def test_cached_only_lookup_raises_and_flags_a_miss() -> None:
+    backend = CountingBackend()
+    resolver = CachingResolver(ResolverSettings(prefetch_threads=1), backend=backend)
+    try:
+        lookup = CachedOnlyLookup(resolver)
+        with pytest.raises(CacheMissError):
+            lookup.query("direct.example", "TXT")
+        assert lookup.missed and backend.asked == []
+        resolver.query("direct.example", "TXT")
+        fresh = CachedOnlyLookup(resolver)
+        assert fresh.query("direct.example", "TXT").outcome is DnsOutcome.ANSWER
+        assert not fresh.missed
+    finally:
+        resolver.close()
