@@ -4,8 +4,8 @@ Two passes over the same work (so each tool runs alone): ``py-spy record --gil -
 --format raw`` (only the thread holding the GIL is sampled, so time spent waiting for the GIL is
 not counted as work), parsed here into top functions by self and by inclusive samples and self
 samples by package; and ``--format flamegraph`` for the SVG. py-spy comes from PyPI
-(``.venv/bin/pip install py-spy``); without it, or without ptrace permission, the profile is
-reported as skipped.
+(``scripts/install-deps.sh --bench`` installs it); without it, or without ptrace permission,
+the profile is reported as skipped.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def profile(target: Target, work: Sequence[SessionWork], svg_work: Sequence[Sess
     flame graph); files go next to the JSON report."""
     tool = py_spy()
     if tool is None:
-        return {"skipped": "py-spy not installed (.venv/bin/pip install py-spy)"}
+        return {"skipped": "py-spy not installed (scripts/install-deps.sh --bench)"}
     raw = out_stem.with_name(out_stem.name + f"-profile-c{concurrency}.txt")
     svg = out_stem.with_name(out_stem.name + f"-profile-c{concurrency}.svg")
     log_path = out_stem.with_name(out_stem.name + "-py-spy.log")

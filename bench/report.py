@@ -323,6 +323,12 @@ def issue7_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         p50 = r["latency_ms"]["p50"] if r else None
         add(f"through Postfix over {name} at c=1, p50", p50, "≤ 4 ms",
             p50 is not None and p50 <= 4.0, " ms")
+    # The same goal with the machine's speed taken out: the issue's 4 ms was set where Postfix
+    # alone took 1.8 ms, and Postfix alone moves between ~1.3 and ~2.4 ms from day to day here.
+    r = postfix.get("mailsec-tcp")
+    rel = r.get("p50_vs_no_milter") if r else None
+    add("through Postfix over TCP at c=1, p50 vs Postfix without a milter", rel,
+        f"≤ {4.0 / 1.8:.2f}x (4 ms ÷ 1.8 ms)", rel is not None and rel <= 4.0 / 1.8)
     dns = report["options"]
     if dns.get("dns_latency_ms", 0) > 0 and dns.get("cold_dns"):
         r = by_key.get(("mailsec", 1))

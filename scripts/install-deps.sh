@@ -2,7 +2,8 @@
 # Installs what mailsec-milter needs on Debian 12, idempotently.
 #   scripts/install-deps.sh          runtime: libmilter, a C toolchain, the Python venv in .venv
 #   scripts/install-deps.sh --test   also the test stack: Postfix, Unbound, Prometheus, swaks...
-#   scripts/install-deps.sh --bench  also the benchmark's peers (OpenDKIM, OpenDMARC, rspamd);
+#   scripts/install-deps.sh --bench  also the benchmark's peers (OpenDKIM, OpenDMARC, rspamd)
+#                                    and py-spy for --profile;
 #                                    implies --test (bench/ runs on the test stack)
 # It never starts or enables a system service: package scripts are kept from doing so with a
 # temporary policy-rc.d (removed again if we created it), and a service of the benchmark's
@@ -121,7 +122,10 @@ if [ ! -x "$here/.venv/bin/python" ]; then
 fi
 extras=""
 [ $want_test -eq 1 ] && extras="[test]"
-stamp="$here/.venv/.installed${extras:+-test}"
+[ $want_bench -eq 1 ] && extras="[test,bench]"
+stamp="$here/.venv/.installed"
+[ $want_test -eq 1 ] && stamp="$stamp-test"
+[ $want_bench -eq 1 ] && stamp="$stamp-bench"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$here/.venv/bin/pip" install -q --upgrade pip >/dev/null
   "$here/.venv/bin/pip" install -q -e "$here$extras"
