@@ -125,7 +125,7 @@ def signature_headers(snapshot: MessageSnapshot) -> tuple[Header, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _evaluate_key(key_text: bytes) -> tuple[Any, Any, Any, Any]:
+def evaluate_key(key_text: bytes) -> tuple[Any, Any, Any, Any]:
     """dkimpy's key parsing (ASN.1, base64) once per distinct key record, not per message.
 
     Keys are read-only after parsing, so sharing them between threads is safe; a record that
@@ -224,13 +224,13 @@ def _verify_one(hashes: MessageHashes, position: int | None, header: Header,
     if key_tags is not None and key_tags.get("p", None) == b"":
         return _describe(header, AuthResult.PERMERROR, "key revoked")
     try:
-        pk, key_bits, ktag, seqtlsrpt = _evaluate_key(key_text)
+        pk, key_bits, ktag, seqtlsrpt = evaluate_key(key_text)
     except Exception as exc:  # garbage key text from DNS
         return _describe(header, AuthResult.PERMERROR, f"unusable key: {_short(exc)}")
     if pk is None:  # evaluate_pk silently drops keys with an unknown s= service type
         return _describe(header, AuthResult.PERMERROR, "key is not for email (s= tag)")
     key_type = ktag.decode() if isinstance(ktag, bytes) else str(ktag)
-    too_costly = _rsa_cost_problem(pk) if key_type == "rsa" else ""
+    too_costly = rsa_cost_problem(pk) if key_type == "rsa" else ""
     if too_costly:
         return _describe(header, AuthResult.PERMERROR, f"unusable key: {too_costly}", key_bits)
     if not algorithm.startswith(key_type + "-"):
@@ -267,7 +267,7 @@ def _verify_one(hashes: MessageHashes, position: int | None, header: Header,
     return _describe(header, AuthResult.PASS, f"{key_bits}-bit key" if key_bits else "", key_bits)
 
 
-def _rsa_cost_problem(pk: object) -> str:
+def rsa_cost_problem(pk: object) -> str:
     """Why verifying with this RSA key would cost too much CPU (see MAX_RSA_BITS), or ''."""
     if not isinstance(pk, dict):
         return "not an RSA public key"

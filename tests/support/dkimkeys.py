@@ -145,3 +145,19 @@ def sign_with_tags(
     value = verifier.gen_header(fields, tuple(h.lower().encode() for h in signed_headers),
                                 policy, b"DKIM-Signature", private)
     return b"DKIM-Signature: " + bytes(value) + message
+
+
+def arc_seal(message: bytes, key: KeyPair, selector: str, domain: str,
+             results: str) -> bytes:
+    """``message`` as a forwarder at ``domain`` would pass it on: its own
+    Authentication-Results (``results``, e.g. ``dmarc=pass header.from=bank.example``) copied
+    into a new ARC set (made by dkimpy's ``arc_sign``) prepended to the message.
+
+    dkimpy reads the A-R header of its own authserv-id (``domain`` here) to fill the
+    ARC-Authentication-Results, so that header is added first and then left in the message,
+    as a real forwarder leaves it.
+    """
+    with_results = f"Authentication-Results: {domain}; {results}\r\n".encode() + message
+    fields = dkim.arc_sign(with_results, selector.encode(), domain.encode(), key.private,
+                           domain.encode())
+    return b"".join(fields) + with_results
