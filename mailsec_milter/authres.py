@@ -232,6 +232,14 @@ def results_for(analysis: Analysis, verdict: Verdict | None = None) -> list[ResI
         results.append(ResInfo("dkim", AuthResult.NONE.value, "message not signed"))
     if analysis.dmarc is not None:
         results.append(_dmarc_result(analysis.dmarc, verdict))
+    arc = analysis.arc
+    if arc.result is not AuthResult.NONE:  # only messages that carry ARC fields
+        props_arc: list[tuple[str, str]] = []
+        note = arc.comment
+        if arc.result is AuthResult.PASS:
+            props_arc.append(("header.oldest-pass", str(arc.oldest_pass or 0)))
+            note = f"i={arc.instances}, sealed by {arc.newest_sealer}"
+        results.append(ResInfo("arc", arc.result.value, note, tuple(props_arc)))
     tls = analysis.tls
     if tls.encrypted:
         detail = " with ".join(part for part in (tls.version, tls.cipher) if part) or "encrypted"

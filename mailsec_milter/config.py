@@ -277,12 +277,20 @@ KEYS: tuple[Key, ...] = (
     Key("dmarc", "public_suffix_list", "", _str,
         "rfc7489 mode: path of a public_suffix_list.dat; empty means the copy shipped with the "
         "publicsuffixlist package.", "path"),
+    Key("arc", "enabled", True, _bool,
+        "Validate ARC chains (RFC 8617) and report arc= in the header; needed for "
+        "trusted_arc_sealers.", "bool"),
     Key("policy", "dry_run", False, _bool,
         "Decide, log and count, but always accept (the header records the would-be verdict).",
         "bool"),
     Key("policy", "trusted_networks", [], _networks,
         "Client networks (CIDR) whose mail is checked and stamped but never enforced.",
         "list of CIDRs"),
+    Key("policy", "trusted_arc_sealers", [], _domains,
+        "ARC sealers (d= of the newest ARC-Seal) trusted to vouch for forwarded mail: when "
+        "DMARC fails here, the chain passes and that sealer recorded dmarc=pass for the same "
+        "From domain, the DMARC policy is not applied (override trusted_forwarder).",
+        "list of domains"),
     Key("policy", "skip_authenticated", True, _bool,
         "Never enforce on SASL-authenticated clients ({auth_authen}): a domain's own users "
         "must not be rejected by their own p=reject.", "bool"),
@@ -406,8 +414,10 @@ class Settings:
     dmarc_enabled: bool
     dmarc_mode: str
     dmarc_public_suffix_list: str
+    arc_enabled: bool
     dry_run: bool
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    trusted_arc_sealers: frozenset[str]
     skip_authenticated: bool
     domain_overrides: tuple[tuple[str, str], ...]
     downgrade_reject: bool
@@ -435,7 +445,7 @@ class Settings:
 
 def _field_name(key: Key) -> str:
     prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "dmarc": "dmarc_",
-              "metrics": "metrics_", "log": "log_"}.get(key.section, "")
+              "arc": "arc_", "metrics": "metrics_", "log": "log_"}.get(key.section, "")
     if key.section == "dns" and key.name == "nameservers":
         return "nameservers"
     return prefix + key.name

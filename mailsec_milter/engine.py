@@ -1,8 +1,9 @@
 """Runs the checks for one message: early where the input allows, all within one deadline.
 
-Owns: when each check starts (SPF at MAIL FROM, DKIM key prefetch per DKIM-Signature header,
-the rest at end of message), the per-message deadline, and isolation of a crashing check (its
-result becomes ``temperror`` and the error is recorded once, never an invented result).
+Owns: when each check starts (SPF at MAIL FROM, a key prefetch per DKIM-Signature, ARC-Seal
+and ARC-Message-Signature header, the rest at end of message), the per-message deadline, and
+isolation of a crashing check (its result becomes ``temperror`` and the error is recorded once,
+never an invented result).
 Must not: decide a verdict, render headers, or know about the milter.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .addresses import AuthorDomains, author_domains
+from .checks.arc import ArcOutcome, check_arc
 from .checks.dkim import DkimOutcome, DkimSettings, DkimSignatureOutcome, check_dkim, key_name
 from .checks.dkim import parse_tag_list as parse_dkim_tags
 from .checks.dmarc import DmarcOutcome, DmarcSettings, check_dmarc
@@ -38,6 +40,7 @@ log = logging.getLogger("mailsec_milter.engine")
 T = TypeVar("T")
 
 MAX_DMARC_PREFETCHES = 10  # author domains whose DMARC record is fetched early, per message
+MAX_ARC_PREFETCHES = 10  # ARC seal and message-signature keys fetched early, per message
 
 # An SPF check started early: already decided (no DNS needed, or cached), or still running.
 PendingSpf = Future[SpfOutcome] | SpfOutcome
@@ -60,6 +63,7 @@ class Analysis:
     dkim: DkimOutcome
     tls: TlsOutcome
     dmarc: DmarcOutcome | None = None
+    arc: ArcOutcome = field(default_factory=ArcOutcome)
     errors: tuple[CheckError, ...] = ()
     check_seconds: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
@@ -87,6 +91,7 @@ class MessageRun:
         self._timings: dict[str, float] = {}
         self._key_prefetches = 0
         self._dmarc_prefetches = 0
+        self._arc_prefetches = 0
         # The From header parsed for the prefetch, reused at the end when it is the only one.
         self._authors_seen: tuple[tuple[str, ...], AuthorDomains] | None = None
         self._spf_mailfrom = engine.start_spf(SpfIdentity.MAILFROM, envelope.client_ip,
@@ -97,8 +102,9 @@ class MessageRun:
                                                                    envelope.helo)
 
     def saw_header(self, header: Header) -> None:
-        """Start DNS work a header makes possible: the DKIM key of each DKIM-Signature, the
-        DMARC record of each From domain (the first name of its discovery)."""
+        """Start DNS work a header makes possible: the key of each DKIM-Signature, ARC-Seal
+        and ARC-Message-Signature, the DMARC record of each From domain (the first name of
+        its discovery)."""
         lowered = header.name.lower()
         settings = self._engine.settings
         if lowered == "dkim-signature":
@@ -108,6 +114,14 @@ class MessageRun:
             name = key_name(tags) if tags else None
             if name:
                 self._key_prefetches += 1
+                self._engine.resolver.prefetch(name, "TXT")
+        elif lowered in ("arc-seal", "arc-message-signature") and settings.arc_enabled:
+            if self._arc_prefetches >= MAX_ARC_PREFETCHES:
+                return
+            tags = parse_dkim_tags(header.raw_value)
+            name = key_name(tags) if tags else None
+            if name:
+                self._arc_prefetches += 1
                 self._engine.resolver.prefetch(name, "TXT")
         elif lowered == "from" and settings.dmarc_enabled:
             values = (header.value,)
@@ -150,7 +164,15 @@ class MessageRun:
                 engine.dmarc_settings),
                 lambda: DmarcOutcome(AuthResult.TEMPERROR, reason="internal error"))
             timings.append(("dmarc", engine.clock() - started))
-        return Analysis(spf_mailfrom, spf_helo, dkim, tls, dmarc, tuple(errors), tuple(timings))
+        arc = ArcOutcome()
+        if engine.settings.arc_enabled:
+            started = engine.clock()
+            arc = _isolate("arc", errors, lambda: _arc_or_too_large(
+                engine, snapshot, deadline, body_too_large),
+                lambda: ArcOutcome(AuthResult.TEMPERROR, comment="internal error"))
+            timings.append(("arc", engine.clock() - started))
+        return Analysis(spf_mailfrom, spf_helo, dkim, tls, dmarc, arc, tuple(errors),
+                        tuple(timings))
 
     def _authors(self, snapshot: MessageSnapshot) -> AuthorDomains:
         values = tuple(h.value for h in snapshot.headers_named("From"))
@@ -192,6 +214,17 @@ def _dkim_or_too_large(engine: Engine, snapshot: MessageSnapshot, deadline: Dead
             DkimSignatureOutcome(AuthResult.PERMERROR, comment="body exceeds max_body_bytes")
             for _ in snapshot.headers_named("DKIM-Signature")))
     return check_dkim(engine._lookup(deadline), snapshot, engine.dkim_settings)
+
+
+def _arc_or_too_large(engine: Engine, snapshot: MessageSnapshot, deadline: Deadline,
+                      body_too_large: bool) -> ArcOutcome:
+    if body_too_large:  # the body we hold is cut short: no message signature could verify
+        outcome = check_arc(engine._lookup(deadline), snapshot, verify=False)
+        if outcome.result is AuthResult.NONE:
+            return outcome
+        return ArcOutcome(AuthResult.FAIL, newest_sealer=outcome.newest_sealer,
+                          comment="not validated: body exceeds max_body_bytes")
+    return check_arc(engine._lookup(deadline), snapshot)
 
 
 def _dkim_crashed(snapshot: MessageSnapshot) -> DkimOutcome:

@@ -27,7 +27,7 @@ from .policy import Action, Reason, Verdict
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-METHODS = ("spf", "spf_helo", "dkim", "dmarc", "tls")
+METHODS = ("spf", "spf_helo", "dkim", "dmarc", "arc", "tls")
 RESULTS = tuple(r.value for r in AuthResult)
 POLICIES = ("none", "quarantine", "reject", "absent")
 DISPOSITIONS = ("none", "quarantine", "reject", "not_applied")
@@ -36,7 +36,7 @@ KEY_SIZES = ("256", "512", "768", "1024", "2048", "3072", "4096", "other", "unkn
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other", "plaintext")
 DNS_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "CNAME", "other")
 DNS_OUTCOMES = tuple(o.value for o in DnsOutcome)
-CHECKS = ("spf", "spf_helo", "dkim", "dmarc", "tls")
+CHECKS = ("spf", "spf_helo", "dkim", "dmarc", "arc", "tls")
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,7 @@ class Metrics:
             published = dmarc.policy.value if dmarc.policy is not None else "absent"
             applied = verdict.applied_disposition or "not_applied"
             self._child(self.dmarc_policy, published, _closed(applied, DISPOSITIONS)).inc()
+        self._child(self.results, "arc", analysis.arc.result.value).inc()
         self._child(self.results, "tls", analysis.tls.result.value).inc()
         version = analysis.tls.version if analysis.tls.encrypted else "plaintext"
         self._child(self.tls, _closed(version, TLS_VERSIONS)).inc()

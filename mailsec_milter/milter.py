@@ -385,6 +385,8 @@ def log_message(envelope: Envelope, analysis: Analysis, verdict: Verdict, forged
     if dmarc is not None:
         dmarc_text = (f"{dmarc.result.value}:{dmarc.header_from or '-'}"
                       f":p={dmarc.policy.value if dmarc.policy else '-'}")
+    arc = analysis.arc
+    arc_text = arc.result.value + (f":{arc.newest_sealer}" if arc.newest_sealer else "")
     extra = ""
     if verdict.dry_run_action is not None:
         extra += f" dry_run_would={verdict.dry_run_action.value}"
@@ -394,11 +396,11 @@ def log_message(envelope: Envelope, analysis: Analysis, verdict: Verdict, forged
         extra += f" detail={verdict.detail!r}"
     log.info(
         "queue_id=%s client=%s[%s] helo=%r mail_from=<%s> auth=%s spf=%s spf_helo=%s dkim=%s "
-        "dmarc=%s tls=%s forged_ar_removed=%d verdict=%s reason=%s%s",
+        "dmarc=%s arc=%s tls=%s forged_ar_removed=%d verdict=%s reason=%s%s",
         envelope.queue_id or "-", envelope.client_name or "-", envelope.client_ip or "-",
         envelope.helo, envelope.mail_from, "yes" if envelope.sasl_user else "no",
         analysis.spf_mailfrom.result.value,
         analysis.spf_helo.result.value if analysis.spf_helo else "-",
-        dkim or "none", dmarc_text, analysis.tls.version or "none", forged,
+        dkim or "none", dmarc_text, arc_text, analysis.tls.version or "none", forged,
         verdict.action.value, verdict.reason.value, extra,
     )

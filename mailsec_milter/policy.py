@@ -35,6 +35,7 @@ class Reason(StrEnum):
     NO_POLICY = "no_policy"  # nothing to enforce: no record, p=none, permerror, none
     DMARC_POLICY = "dmarc_policy"  # the sender's published policy, as published
     LOCAL_OVERRIDE = "local_override"  # a domain override or the downgrade switch changed it
+    TRUSTED_ARC_SEALER = "trusted_arc_sealer"  # a trusted forwarder's ARC chain vouched for it
     SPF_FAIL = "spf_fail"
     TLS_REQUIRED = "tls_required"
     DNS_TEMPERROR = "dns_temperror"
@@ -157,6 +158,22 @@ def _dmarc_verdict(analysis: Analysis, settings: Settings, published: str | None
     action = _ACTION_FOR[dmarc.disposition]
     reason = Reason.DMARC_POLICY
     override_detail = ""
+    if override is None and action is not Action.ACCEPT:
+        arc = analysis.arc
+        if (arc.result is AuthResult.TEMPERROR and arc.newest_sealer in settings.trusted_arc_sealers
+                and settings.on_dns_temperror == "tempfail"):
+            # The chain of a trusted forwarder could not be checked: its answer decides.
+            return Verdict(Action.TEMPFAIL, Reason.DNS_TEMPERROR, settings.tempfail_reply,
+                           f"ARC chain sealed by trusted {arc.newest_sealer} could not be "
+                           f"validated: {arc.comment}", published_policy=published)
+        vouched = arc_vouch(analysis, settings)
+        if vouched:
+            return Verdict(Action.ACCEPT, Reason.TRUSTED_ARC_SEALER,
+                           detail=f"DMARC {dmarc.result.value} for {domain}; {vouched}",
+                           published_policy=published, evaluated_disposition=evaluated,
+                           applied_disposition="none",
+                           override_reason=OverrideReason.TRUSTED_FORWARDER,
+                           override_detail=vouched)
     if override == "reject":
         action, override_detail = Action.REJECT, f"domain override for {domain}: reject"
     elif override == "quarantine":
@@ -184,11 +201,36 @@ def _dmarc_verdict(analysis: Analysis, settings: Settings, published: str | None
         override_detail=override_detail)
 
 
+def arc_vouch(analysis: Analysis, settings: Settings) -> str:
+    """Why a trusted forwarder's ARC chain vouches for this message, or ''.
+
+    All of: the chain passes (RFC 8617 §5.2); the newest seal is by a domain in
+    ``trusted_arc_sealers`` (so nobody after it could have changed the message unseen); and
+    that sealer's ARC-Authentication-Results recorded ``dmarc=pass`` with ``header.from``
+    equal to the From domain we evaluated (RFC 8617 §7.2: the receiver's local policy decides
+    whom to trust).
+    """
+    arc = analysis.arc
+    newest = arc.newest
+    if not settings.trusted_arc_sealers or arc.result is not AuthResult.PASS or newest is None:
+        return ""
+    if newest.seal_domain not in settings.trusted_arc_sealers:
+        return ""
+    header_from = (analysis.dmarc.header_from if analysis.dmarc is not None else "")
+    if newest.recorded_result("dmarc") != "pass" or not header_from \
+            or newest.recorded_header_from != header_from.lower().rstrip("."):
+        return ""
+    return (f"ARC sealed by trusted {newest.seal_domain} (i={newest.instance}), "
+            f"which saw dmarc=pass for {newest.recorded_header_from}")
+
+
 def _spf_verdict(analysis: Analysis, settings: Settings) -> Verdict | None:
     if not settings.reject_on_spf_fail:
         return None
     if analysis.dmarc is not None and analysis.dmarc.result is AuthResult.PASS:
         return None  # DKIM carried the message: RFC 7489 §10.1 warns against rejecting early
+    if arc_vouch(analysis, settings):
+        return None  # forwarded by a trusted sealer: SPF fails by the nature of forwarding
     spf = analysis.spf_mailfrom
     if spf.result is AuthResult.FAIL:
         failed = f"spf=fail smtp.mailfrom={spf.identity_value}"
