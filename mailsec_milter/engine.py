@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .addresses import AuthorDomains, author_domains
-from .checks.arc import ArcOutcome, check_arc
+from .checks.arc import ArcOutcome, check_arc, has_arc_headers, newest_sealer
 from .checks.dkim import DkimOutcome, DkimSettings, DkimSignatureOutcome, check_dkim, key_name
 from .checks.dkim import parse_tag_list as parse_dkim_tags
 from .checks.dmarc import DmarcOutcome, DmarcSettings, check_dmarc
@@ -108,21 +108,13 @@ class MessageRun:
         lowered = header.name.lower()
         settings = self._engine.settings
         if lowered == "dkim-signature":
-            if self._key_prefetches >= settings.dkim_max_signatures:
-                return  # only as many as will be verified: no flooding the shared pool
-            tags = parse_dkim_tags(header.raw_value)
-            name = key_name(tags) if tags else None
-            if name:
+            # only as many as will be verified: no flooding the shared pool
+            if self._key_prefetches < settings.dkim_max_signatures \
+                    and self._prefetch_key(header):
                 self._key_prefetches += 1
-                self._engine.resolver.prefetch(name, "TXT")
         elif lowered in ("arc-seal", "arc-message-signature") and settings.arc_enabled:
-            if self._arc_prefetches >= MAX_ARC_PREFETCHES:
-                return
-            tags = parse_dkim_tags(header.raw_value)
-            name = key_name(tags) if tags else None
-            if name:
+            if self._arc_prefetches < MAX_ARC_PREFETCHES and self._prefetch_key(header):
                 self._arc_prefetches += 1
-                self._engine.resolver.prefetch(name, "TXT")
         elif lowered == "from" and settings.dmarc_enabled:
             values = (header.value,)
             authors = author_domains(values)
@@ -132,6 +124,15 @@ class MessageRun:
                     return
                 self._dmarc_prefetches += 1
                 self._engine.resolver.prefetch(f"_dmarc.{domain}", "TXT")
+
+    def _prefetch_key(self, header: Header) -> bool:
+        """Prefetch the key a signature field (DKIM or ARC: same s=/d=) names; False when it
+        names none."""
+        tags = parse_dkim_tags(header.raw_value)
+        name = key_name(tags) if tags else None
+        if name:
+            self._engine.resolver.prefetch(name, "TXT")
+        return bool(name)
 
     def finish(self, snapshot: MessageSnapshot, body_too_large: bool = False) -> Analysis:
         """Collect everything within the message deadline and return the Analysis."""
@@ -218,11 +219,9 @@ def _dkim_or_too_large(engine: Engine, snapshot: MessageSnapshot, deadline: Dead
 
 def _arc_or_too_large(engine: Engine, snapshot: MessageSnapshot, deadline: Deadline,
                       body_too_large: bool) -> ArcOutcome:
-    if body_too_large:  # the body we hold is cut short: no message signature could verify
-        outcome = check_arc(engine._lookup(deadline), snapshot, verify=False)
-        if outcome.result is AuthResult.NONE:
-            return outcome
-        return ArcOutcome(AuthResult.FAIL, newest_sealer=outcome.newest_sealer,
+    if body_too_large and has_arc_headers(snapshot):
+        # the body we hold is cut short: no message signature could verify
+        return ArcOutcome(AuthResult.FAIL, newest_sealer=newest_sealer(snapshot),
                           comment="not validated: body exceeds max_body_bytes")
     return check_arc(engine._lookup(deadline), snapshot)
 

@@ -216,7 +216,7 @@ def arc_vouch(analysis: Analysis, settings: Settings) -> str:
         return ""
     if newest.seal_domain not in settings.trusted_arc_sealers:
         return ""
-    header_from = (analysis.dmarc.header_from if analysis.dmarc is not None else "")
+    header_from = analysis.dmarc.header_from if analysis.dmarc is not None else ""
     if newest.recorded_result("dmarc") != "pass" or not header_from \
             or newest.recorded_header_from != header_from.lower().rstrip("."):
         return ""

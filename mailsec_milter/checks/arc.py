@@ -17,15 +17,20 @@ Why dkimpy is wrapped rather than called as is (LIBRARY-NOTES.md):
   §5.2 step 2 makes that chain ``fail``;
 - its message parser refuses a whole message over one odd header name; that, like any other
   exception from parsing attacker text, is a ``fail`` with the reason, never a crash.
+
+Each ARC-Authentication-Results is read with the ``authres`` package; one it cannot parse
+counts as recording nothing, so it can never vouch for a message.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import authres
+import authres.dmarc
 import dkim
 
 from ..dns import DnsOutcome, Lookup
@@ -60,7 +65,7 @@ class ArcOutcome:
     result: AuthResult = AuthResult.NONE
     instances: int = 0
     oldest_pass: int | None = None  # header.oldest-pass (RFC 8617 §5.2 step 6), when pass
-    sets: tuple[ArcSet, ...] = field(default=())  # newest first
+    sets: tuple[ArcSet, ...] = ()  # newest first
     # d= of the ARC-Seal with the highest i=, read from the header even when the chain could
     # not be validated (policy needs it to know whether a DNS failure could matter)
     newest_sealer: str = ""
@@ -79,14 +84,11 @@ def has_arc_headers(snapshot: MessageSnapshot) -> bool:
     return any(h.name.strip().lower() in ARC_HEADERS for h in snapshot.headers)
 
 
-def check_arc(lookup: Lookup, snapshot: MessageSnapshot, verify: bool = True) -> ArcOutcome:
-    """Validate the ARC chain of a message (RFC 8617 §5.2); ``verify=False`` only finds
-    whether there is one and who sealed it last (no DNS, no cryptography)."""
+def check_arc(lookup: Lookup, snapshot: MessageSnapshot) -> ArcOutcome:
+    """Validate the ARC chain of a message (RFC 8617 §5.2)."""
     if not has_arc_headers(snapshot):
         return ArcOutcome()
-    sealer = _newest_sealer(snapshot)
-    if not verify:
-        return ArcOutcome(AuthResult.FAIL, newest_sealer=sealer, comment="not validated")
+    sealer = newest_sealer(snapshot)
     try:
         status, data, reason = dkim.arc_verify(snapshot.raw_message(), dnsfunc=_dnsfunc(lookup))
     except _DnsTemporaryError as exc:
@@ -112,7 +114,8 @@ def check_arc(lookup: Lookup, snapshot: MessageSnapshot, verify: bool = True) ->
     return ArcOutcome(AuthResult.FAIL, instances, None, sets, sealer, reason_text[:120])
 
 
-def _newest_sealer(snapshot: MessageSnapshot) -> str:
+def newest_sealer(snapshot: MessageSnapshot) -> str:
+    """d= of the ARC-Seal with the highest i=, read from the header alone (no validation)."""
     best, domain = 0, ""
     for header in snapshot.headers_named("ARC-Seal"):
         tags = parse_tag_list(header.raw_value) or {}
@@ -170,33 +173,24 @@ def _oldest_pass(sets: tuple[ArcSet, ...]) -> int:
     return max(failing) + 1 if failing else 0
 
 
-_COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
-_RESINFO = re.compile(rb"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:/\s*\d+\s*)?=\s*([A-Za-z]+)")
-_HEADER_FROM = re.compile(rb"\bheader\.from\s*=\s*\"?([^\s;\"]+)", re.I)
+_AAR_INSTANCE = re.compile(r"^\s*i\s*=\s*\d+\s*;")
+_AAR_READER = authres.FeatureContext(authres.dmarc)
 
 
 def _read_aar(value: object) -> tuple[tuple[tuple[str, str], ...], str]:
-    """(method, result) pairs of an ARC-Authentication-Results value, and the dmarc entry's
-    header.from. Tolerant: what it cannot read it leaves out (policy then finds no pass)."""
+    """(method, result) pairs of an ARC-Authentication-Results value, and the header.from of
+    its first dmarc entry. What ``authres`` cannot parse records nothing (it cannot vouch)."""
     if not isinstance(value, bytes):
         return (), ""
-    text = value.replace(b"\r", b" ").replace(b"\n", b" ")
-    for _ in range(4):  # nested comments, innermost first
-        text = _COMMENT.sub(b" ", text)
-    parts = text.split(b";")[2:]  # "i=N", then the authserv-id
-    recorded: list[tuple[str, str]] = []
-    header_from = ""
-    for part in parts[:32]:
-        match = _RESINFO.match(part)
-        if match is None:
-            continue
-        method = match.group(1).decode("ascii").lower()
-        recorded.append((method, match.group(2).decode("ascii").lower()))
-        if method == "dmarc" and not header_from:
-            found = _HEADER_FROM.search(part)
-            if found:
-                header_from = found.group(1).decode("ascii", errors="replace").lower()
-    return tuple(recorded), header_from.rstrip(".")
+    text = value.decode("utf-8", errors="replace").replace("\r", "").replace("\n", "")
+    try:
+        parsed = _AAR_READER.parse_value(_AAR_INSTANCE.sub("", text, count=1))
+    except Exception:  # authres raises SyntaxError and others on text it does not accept
+        return (), ""
+    recorded = tuple((str(r.method).lower(), str(r.result).lower()) for r in parsed.results)
+    header_from = next((str(p.value) for r in parsed.results if str(r.method).lower() == "dmarc"
+                        for p in r.properties if (p.type, p.name) == ("header", "from")), "")
+    return recorded, header_from.lower().rstrip(".")
 
 
 def _text(value: object) -> str:

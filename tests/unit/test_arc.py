@@ -271,3 +271,29 @@ def test_the_engine_prefetches_seal_keys_and_reports_the_chain(key: KeyPair) -> 
                                  "arc": {"enabled": False}})
     with ThreadPoolExecutor(2) as pool:
         assert Engine(off, resolver, pool).analyse(sealed).arc == ArcOutcome()
+
+
+def test_a_truncated_body_is_not_validated_and_says_why(key: KeyPair) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mailsec_milter.engine import Engine
+
+    sealed = snapshot(arc_seal(ORIGINAL, key, "arc", SEALER, RECORDED_PASS))
+    config = settings_from_mapping({"milter": {"authserv_id": "mx.test.example"}})
+    with ThreadPoolExecutor(2) as pool:
+        engine = Engine(config, zone(key), pool)
+        cut = engine.begin(sealed.envelope).finish(sealed, body_too_large=True).arc
+        plain = engine.begin(sealed.envelope).finish(snapshot(ORIGINAL), body_too_large=True).arc
+    assert (cut.result, cut.newest_sealer) == (R.FAIL, SEALER)
+    assert "max_body_bytes" in cut.comment
+    assert plain == ArcOutcome()
+
+
+def test_results_the_reader_cannot_parse_record_nothing() -> None:
+    """authres refuses CFWS after a method version; such a sealer vouches for nothing."""
+    from mailsec_milter.checks.arc import _read_aar
+
+    good = b" i=1; lists.example;\r\n dmarc=pass (p=reject) header.from=Bank.Example."
+    assert _read_aar(good) == ((("dmarc", "pass"),), "bank.example")
+    odd = b" i=1; lists.example; dkim / 1 (One yay) = pass; dmarc=pass header.from=bank.example"
+    assert _read_aar(odd) == ((), "")
