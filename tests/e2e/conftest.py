@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.milterproc import MilterProcess
+
 from .harness import DnsServer, PostfixInstance, missing_binaries
 
 POSTFIX_BINARIES = ("postfix", "postconf", "postqueue", "postcat", "postsuper", "smtp-sink")
@@ -77,3 +79,10 @@ def postfix_no_milter(postfix_factory: Callable[..., PostfixInstance]) -> Postfi
         config_files={"header_checks": f"/^{HOLD_HEADER}:/ HOLD held by the test harness\n"},
         extra_main_cf={"header_checks": "regexp:$config_directory/header_checks"},
     )
+
+
+@pytest.fixture(scope="module")
+def postfix(postfix_factory: Callable[..., PostfixInstance],
+            milter: MilterProcess) -> PostfixInstance:
+    """A Postfix in front of the module's own ``milter`` fixture; tempfail if it is down."""
+    return postfix_factory(milter.postfix_spec, milter_default_action="tempfail")

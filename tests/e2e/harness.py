@@ -686,7 +686,8 @@ def smtp_send(
         out.error = f"{type(exc).__name__}: {exc}"
         return out
     try:
-        assert s.greeting is not None
+        if s.greeting is None:  # smtplib sets it on connect; a real check, not an assert (-O)
+            raise HarnessError(f"no SMTP greeting from {host}:{port}")
         out.banner = _reply(*s.greeting)
         out.ehlo = _reply(*s.ehlo(helo))
         if out.ehlo.code != 250:
@@ -1093,7 +1094,8 @@ class PostfixInstance(_Service):
         _wait_smtp_banner(self.host, self.sink_port, self._sink, self.start_timeout, self._sink_log)
 
     def _wait_banner(self) -> None:
-        assert self._master is not None
+        if self._master is None:
+            raise HarnessError("Postfix master was not started")
         try:
             _wait_smtp_banner(
                 self.host, self.smtp_port, self._master, self.start_timeout, self._fg_log

@@ -59,19 +59,12 @@ def milter(dns: DnsServer) -> Iterator[MilterProcess]:
     process = MilterProcess({
         "milter": {"authserv_id": AUTHSERV_ID, "message_deadline": "5s"},
         "dns": {"nameservers": [dns.address], "timeout": "1s"},
-        "arc": {"enabled": True},
         "policy": {"trusted_arc_sealers": [TRUSTED],
                    "reject_reply": "550 5.7.1 Rejected by the DMARC policy of {domain}: "
                                    "{failed}"},
     })
     with process:
         yield process
-
-
-@pytest.fixture(scope="module")
-def postfix(postfix_factory: Callable[..., PostfixInstance],
-            milter: MilterProcess) -> PostfixInstance:
-    return postfix_factory(milter.postfix_spec, milter_default_action="tempfail")
 
 
 def original(subject: str) -> tuple[bytes, str]:

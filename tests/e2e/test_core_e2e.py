@@ -57,12 +57,6 @@ def milter(dns: DnsServer) -> Iterator[MilterProcess]:
         yield process
 
 
-@pytest.fixture(scope="module")
-def postfix(postfix_factory: Callable[..., PostfixInstance],
-            milter: MilterProcess) -> PostfixInstance:
-    return postfix_factory(milter.postfix_spec, milter_default_action="tempfail")
-
-
 def message(subject: str, *, extra_headers: str = "", body: str = "Hello.\n") -> tuple[bytes, str]:
     marker = uuid.uuid4().hex
     msg_id = f"<{marker}@{SENDER_DOMAIN}>"

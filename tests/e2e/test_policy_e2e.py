@@ -58,12 +58,6 @@ def milter(dns: DnsServer) -> Iterator[MilterProcess]:
         yield process
 
 
-@pytest.fixture(scope="module")
-def postfix(postfix_factory: Callable[..., PostfixInstance],
-            milter: MilterProcess) -> PostfixInstance:
-    return postfix_factory(milter.postfix_spec, milter_default_action="tempfail")
-
-
 def message(author: str, subject: str) -> tuple[bytes, str]:
     msg_id = f"<{uuid.uuid4().hex}@{author.split('@')[1]}>"
     text = (f"From: {author}\r\nTo: bob@example.net\r\nSubject: {subject}\r\n"
