@@ -24,8 +24,8 @@ from tests.support import dkimkeys
 from tests.support.milterproc import MilterProcess
 
 from .harness import DnsServer, PostfixInstance
+from .milters import AUTHSERV_ID, REJECT_REPLY, milter_for
 
-AUTHSERV_ID = "mx.test.example"
 TRUSTED = "lists.example"
 UNTRUSTED = "other.example"
 SELECTOR = "arc"
@@ -56,13 +56,8 @@ def dns(dns_server_factory: Callable[..., DnsServer]) -> DnsServer:
 
 @pytest.fixture(scope="module")
 def milter(dns: DnsServer) -> Iterator[MilterProcess]:
-    process = MilterProcess({
-        "milter": {"authserv_id": AUTHSERV_ID, "message_deadline": "5s"},
-        "dns": {"nameservers": [dns.address], "timeout": "1s"},
-        "policy": {"trusted_arc_sealers": [TRUSTED],
-                   "reject_reply": "550 5.7.1 Rejected by the DMARC policy of {domain}: "
-                                   "{failed}"},
-    })
+    process = milter_for(dns, deadline="5s", policy={"trusted_arc_sealers": [TRUSTED],
+                                                     "reject_reply": REJECT_REPLY})
     with process:
         yield process
 

@@ -18,8 +18,8 @@ from tests.support import dkimkeys
 from tests.support.milterproc import MilterProcess
 
 from .harness import DnsServer, PostfixInstance, SinkMessage
+from .milters import AUTHSERV_ID, milter_for
 
-AUTHSERV_ID = "mx.test.example"
 CLIENT = {"ADDR": "192.0.2.10"}  # XCLIENT: Postfix presents this as the SMTP client address
 SENDER_DOMAIN = "sender.example"
 RSA = dkimkeys.rsa_key(2048)
@@ -49,10 +49,7 @@ def dns(dns_server_factory: Callable[..., DnsServer]) -> DnsServer:
 
 @pytest.fixture(scope="module")
 def milter(dns: DnsServer) -> Iterator[MilterProcess]:
-    process = MilterProcess({
-        "milter": {"authserv_id": AUTHSERV_ID, "message_deadline": "3s"},
-        "dns": {"nameservers": [dns.address], "timeout": "1s"},
-    })
+    process = milter_for(dns)
     with process:
         yield process
 

@@ -19,8 +19,8 @@ import pytest
 from tests.support.milterproc import MilterProcess
 
 from .harness import DnsServer, PostfixInstance
+from .milters import AUTHSERV_ID, REJECT_REPLY, milter_for
 
-AUTHSERV_ID = "mx.test.example"
 FORGER = {"ADDR": "198.51.100.66"}  # not in any sender's SPF record
 ZONE = [
     'reject.example. 300 TXT "v=spf1 ip4:192.0.2.0/24 -all"',
@@ -48,12 +48,7 @@ def dns(dns_server_factory: Callable[..., DnsServer]) -> DnsServer:
 
 @pytest.fixture(scope="module")
 def milter(dns: DnsServer) -> Iterator[MilterProcess]:
-    process = MilterProcess({
-        "milter": {"authserv_id": AUTHSERV_ID, "message_deadline": "3s"},
-        "dns": {"nameservers": [dns.address], "timeout": "1s"},
-        "policy": {"reject_reply": "550 5.7.1 Rejected by the DMARC policy of {domain}: "
-                                   "{failed}"},
-    })
+    process = milter_for(dns, policy={"reject_reply": REJECT_REPLY})
     with process:
         yield process
 
