@@ -3,9 +3,10 @@
 Owns: reading every ``From:`` header value as an RFC 5322 §3.6.2 mailbox-list (display names,
 quoted strings, nested comments anywhere, group syntax, angle-addr, obsolete routes and
 phrases, RFC 6854 groups), turning each author's domain into the A-label form DMARC queries
-(RFC 9989 §5.3.1: lowercase, U-labels → A-labels through Python's ``idna`` codec, trailing dot
-dropped), and naming the defined problems. Also owns ``normalise_domain``, the one place that
-decides whether a text is a usable DNS domain name (used for SPF and DKIM identifiers too).
+(RFC 9989 §5.3.1: lowercase, UTS #46 mapping and IDNA2008 A-labels through the ``idna``
+package, trailing dot dropped), and naming the defined problems. Also owns
+``normalise_domain``, the one place that decides whether a text is a usable DNS domain name
+(used for SPF, DKIM and ARC identifiers and the configuration's domains too).
 Must not: decode RFC 2047 encoded-words before parsing (an encoded-word is an atom; decoding
 first lets text inside a display name look like an address), guess which of several authors is
 "the" author, reach the network, log, or raise on any input.
@@ -16,10 +17,14 @@ RFC 5322 §3.6 requires exactly one From field holding at least one mailbox):
 * ``NO_FROM`` — no From header at all → dmarc=permerror ("no From header"); nothing to look up.
 * ``NO_DOMAIN`` — a From header that holds no mailbox, a mailbox without a domain (``<>``, a
   domain literal, an invalid or non-DNS domain), or text that does not parse → a permerror
-  entry for it. Any domain we could still read (from the well-formed mailboxes, and the
-  ``@domain`` parts salvaged from the malformed ones, listed in ``salvaged``) is evaluated too
-  and the strictest result wins, so garbage next to a forged address yields ``fail``, never a
-  softer result.
+  entry for it. Any domain a reader could still be shown (from the well-formed mailboxes, the
+  ``@domain`` parts salvaged from the malformed ones, and — whenever the structure is broken
+  or names no usable domain — every ``@domain`` anywhere in the raw text, in quoted strings,
+  comments, unterminated literals and decoded encoded-words; a domain with code points the
+  reader cannot see is read without them: ``displayed_domain``) is evaluated too, listed in
+  ``salvaged``, and the strictest result wins, so garbage next to a forged address yields
+  ``fail``, never a softer result. When nothing at all can be read, ``domains`` is empty and
+  policy decides by ``[policy] unusable_from``.
 * ``MULTIPLE_FROM_HEADERS`` — more than one From header → every domain of every header is
   evaluated, the strictest result wins, and the problem is reported so policy can refuse it.
 * ``MULTIPLE_AUTHORS`` — one From header with several mailboxes → every distinct domain is
@@ -34,17 +39,24 @@ domain (obs-domain: ``legit.example(comment)`` is ``legit.example``).
 
 from __future__ import annotations
 
+import base64
+import email.quoprimime
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+import idna
+import idna.uts46data  # loaded at start, not on the first non-ASCII From
 
 __all__ = [
     "AuthorDomains",
     "AuthorProblem",
     "author_domains",
+    "displayed_domain",
     "normalise_domain",
 ]
 
@@ -90,22 +102,31 @@ _MAX_NAME = 253
 def normalise_domain(text: str) -> str | None:
     """The A-label, lowercase form of a domain name without its trailing dot, or None.
 
+    Non-ASCII names are mapped as a mail client maps them before display (UTS #46,
+    non-transitional: case folded, full-width letters and the full stops U+3002, U+FF0E and
+    U+FF61 mapped, invisible "ignored" code points removed) and each U-label is converted to its
+    A-label by IDNA2008 (RFC 5890-5893 through the ``idna`` package): ``ß`` and final ``ς`` stay
+    what they are (RFC 5892: PVALID), unlike Python's IDNA2003 ``idna`` codec, which turns
+    ``fußball.example`` into ``fussball.example`` — a different domain somebody else can own.
+
     None for anything that is not a usable DNS name: empty labels (``.a.com``, ``a..com``),
-    characters outside letters/digits/hyphen/underscore after IDNA conversion (so
+    characters outside letters/digits/hyphen/underscore after conversion (so
     ``example.net(.example.com`` is rejected, CVE-2020-12272), labels over 63 or names over 253
-    octets, U-labels the IDNA codec refuses, and IPv4 addresses written without brackets.
+    octets, labels IDNA2008 refuses (a joiner out of context, a disallowed code point), and
+    IPv4 addresses written without brackets.
     """
     name = text.strip()
-    if name.endswith("."):
-        name = name[:-1]
     if not name or len(name) > 4 * _MAX_NAME:
         return None
-    name = name.lower()
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii").lower()
-        except (UnicodeError, ValueError):
+    if name.isascii():
+        name = name.lower()
+    else:
+        converted = _to_a_labels(name)
+        if converted is None:
             return None
+        name = converted
+    if name.endswith("."):
+        name = name[:-1]
     if not name or len(name) > _MAX_NAME:
         return None
     labels = name.split(".")
@@ -119,6 +140,43 @@ def normalise_domain(text: str) -> str | None:
         else:
             return None
     return name
+
+
+def _to_a_labels(name: str) -> str | None:
+    """UTS #46 mapping, then IDNA2008 A-labels for the labels that are still non-ASCII."""
+    try:
+        mapped = idna.uts46_remap(name, std3_rules=False, transitional=False)
+        return ".".join(label if label.isascii() else idna.alabel(label).decode("ascii")
+                        for label in mapped.split("."))
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+
+
+# Code points a reader does not see, or sees as a blank: format characters (zero-width
+# joiners and spaces, bidi controls, invisible operators such as U+2062), white space of any
+# kind, controls, the Hangul fillers and the variation selectors. UTS #46 removes some of them
+# itself; the ones it refuses would otherwise make a visibly ``victim.example`` domain
+# unusable, and an unusable author domain used to mean "no policy".
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
+_INVISIBLE_EXTRA = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+
+
+def _invisible(char: str) -> bool:
+    code = ord(char)
+    return (unicodedata.category(char) in _INVISIBLE_CATEGORIES or char in _INVISIBLE_EXTRA
+            or 0x180B <= code <= 0x180F or 0xFE00 <= code <= 0xFE0F
+            or 0xE0100 <= code <= 0xE01EF)
+
+
+def displayed_domain(text: str) -> str | None:
+    """The domain a reader is shown for ``text``: its invisible code points dropped, then
+    normalised. Only asked when ``normalise_domain`` refused the text as written, so that a
+    domain made unusable by something the reader cannot see is still evaluated (the strictest
+    result wins; docs/POLICY.md "What the author is")."""
+    domain = normalise_domain(text)
+    if domain is not None or (text.isascii() and text.isprintable()):
+        return domain
+    return normalise_domain("".join(c for c in text if not _invisible(c)))
 
 
 # --- tokens -----------------------------------------------------------------------------------
@@ -308,7 +366,7 @@ def _domain_at(tokens: list[_Token], start: int) -> tuple[str | None, int]:
     return ".".join(parts), i
 
 
-def _addr_spec(tokens: list[_Token]) -> str | bool | None:
+def _addr_spec(tokens: list[_Token]) -> str | Literal[False] | None:
     """The domain of ``local-part "@" domain`` filling all of ``tokens``.
 
     Returns the raw domain text, None for a well-formed address without a DNS domain (a domain
@@ -319,6 +377,10 @@ def _addr_spec(tokens: list[_Token]) -> str | bool | None:
     at = ats[0]
     local = tokens[:at]
     if not local or not all(_is_word(t) or _is(t, ".") for t in local):
+        return False
+    if any(t.kind == _ATOM and "=?" in t.text for t in local):
+        # RFC 2047 §5: no encoded-word in an addr-spec. Readers decode it anyway (Python's
+        # headerregistry then shows the address inside it): malformed, salvaged and scanned.
         return False
     if at + 1 < len(tokens) and tokens[at + 1].kind == _LITERAL:
         return None if at + 2 == len(tokens) else False
@@ -353,13 +415,26 @@ def _parse_mailbox(tokens: list[_Token]) -> _Mailbox | None:
         found = _addr_spec(inner)
         if found is False:
             return None
-        return _Mailbox(normalise_domain(found) if isinstance(found, str) else None)
+        return _mailbox_for(found)
     # addr-spec; _addr_spec also takes the lenient "phrase addr-spec" ("Joe joe@example.com"):
     # every word before the only "@" is accepted, the domain after it is unambiguous.
     found = _addr_spec(tokens)
     if found is False:
         return None
-    return _Mailbox(normalise_domain(found) if isinstance(found, str) else None)
+    return _mailbox_for(found)
+
+
+def _mailbox_for(raw_domain: str | None) -> _Mailbox:
+    """A well-formed mailbox's domain; one the reader sees but DNS cannot use (an invisible
+    code point in it, a joiner out of context) makes the mailbox malformed, with the domain
+    the reader is shown salvaged."""
+    if raw_domain is None:
+        return _Mailbox(None)
+    domain = normalise_domain(raw_domain)
+    if domain is not None:
+        return _Mailbox(domain)
+    shown = displayed_domain(raw_domain)
+    return _Mailbox(None, (shown,) if shown is not None else ())
 
 
 def _valid_route(tokens: list[_Token]) -> bool:
@@ -386,7 +461,7 @@ def _salvage(tokens: list[_Token]) -> tuple[str, ...]:
     for i, token in enumerate(tokens):
         if _is(token, "@"):
             raw, _end = _domain_at(tokens, i + 1)
-            domain = normalise_domain(raw) if raw is not None else None
+            domain = displayed_domain(raw) if raw is not None else None
             if domain is not None and domain not in found:
                 found.append(domain)
     return tuple(found)
@@ -405,6 +480,8 @@ _SIMPLE_MAILBOX = re.compile(
 
 
 def _parse_simple(value: str) -> _Mailbox | None:
+    if "=?" in value:
+        return None  # an encoded-word: the full parse decides how a reader sees it
     match = _SIMPLE_MAILBOX.fullmatch(value)
     if match is None:
         return None
@@ -419,6 +496,11 @@ def _parse_header(value: str) -> tuple[list[_Mailbox], bool, tuple[str, ...]]:
     if simple is not None:
         return [simple], False, ()
     tokens, broken, swallowed = _tokenize(value)
+    if "=?" in value and any(_STRUCTURAL & set(word.group(0))
+                             for word in _ENCODED_WORD.finditer(value)):
+        # An encoded-word that our tokens split apart (RFC 2047 §5 forbids specials in it):
+        # readers decode it whole first, so the structure we see is not the one they show.
+        broken = True
     extra: list[str] = []
     for text in swallowed:
         inner, _broken, _rest = _tokenize(text)  # one level only: no recursion on hostile input
@@ -433,7 +515,118 @@ def _parse_header(value: str) -> tuple[list[_Mailbox], bool, tuple[str, ...]]:
             mailboxes.append(_Mailbox(None, _salvage(item)))
         else:
             mailboxes.append(parsed)
+    if broken or not mailboxes or any(m.domain is None for m in mailboxes):
+        # The structure could not be trusted (or named no usable domain): a lenient reader
+        # may still show an address anywhere in the text — inside an unterminated domain
+        # literal, a quoted string, a comment, an encoded-word. Every domain found after an
+        # "@" there is evaluated too; the strictest result wins (docs/POLICY.md).
+        extra.extend(d for d in _scan_raw(value) if d not in extra)
     return mailboxes, broken, tuple(extra)
+
+
+# Characters that end the domain after an "@" in any reading (white space and comments are
+# skipped between its parts, "(" opens a comment).
+_DOMAIN_STOP = frozenset('<>[],;:"@\\)')
+_TRAILING_PUNCTUATION = ".'!?*`~-_}"
+_MAX_PARTS = 32
+
+
+def _skip_comment(text: str, i: int) -> int:
+    """The index after the (nested, quoted-pair aware) comment opening at ``text[i]``."""
+    depth = 0
+    n = len(text)
+    while i < n:
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
+def _read_after_at(text: str, at: int) -> tuple[str, ...]:
+    """What a reader may take for the domain after the "@" at ``text[at]``: the first run of
+    domain characters (a mail client's reading), the runs joined where a dot meets the white
+    space or comment between them (Python's ``headerregistry``), and every run up to the next
+    delimiter joined (Python's ``getaddresses``)."""
+    parts: list[str] = []
+    i = at + 1
+    n = len(text)
+    while i < n and len(parts) < _MAX_PARTS:
+        char = text[i]
+        if char.isspace():
+            i += 1
+        elif char == "(":
+            i = _skip_comment(text, i)
+        elif char in _DOMAIN_STOP:
+            break
+        else:
+            start = i
+            while i < n and not text[i].isspace() and text[i] not in _DOMAIN_STOP \
+                    and text[i] != "(":
+                i += 1
+            parts.append(text[start:i])
+    if not parts:
+        return ()
+    dotted = parts[0]  # joined only where a dot meets the white space (obs-domain CFWS)
+    for part in parts[1:]:
+        if not (dotted.endswith(".") or part.startswith(".")):
+            break
+        dotted += part
+    return tuple(dict.fromkeys((parts[0], dotted, "".join(parts))))
+
+
+_STRUCTURAL = frozenset('()<>[]:;@\\,"')
+# An RFC 2047 encoded-word, read as leniently as Python's header parser reads it (white space
+# inside is tolerated): charset, encoding, text.
+_ENCODED_WORD = re.compile(r"=\?([^?]{1,64})\?([QqBb])\?([^?]*)\?=")
+
+
+def _decoded_word(match: re.Match[str]) -> str:
+    """One encoded-word decoded as a reader would; left as written if it does not decode
+    (the raw text is scanned too)."""
+    charset, encoding, text = match.groups()
+    try:
+        if encoding in "Qq":
+            data = email.quoprimime.header_decode(text).encode("latin-1")
+        else:
+            data = base64.b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:  # bad base64: the reader sees the raw word
+        return match.group(0)
+    try:
+        return data.decode(charset.split("*", 1)[0].strip(), errors="replace")
+    except LookupError:  # an unknown charset: readers fall back to showing the bytes
+        return data.decode("utf-8", errors="replace")
+
+
+def _scan_raw(value: str) -> list[str]:
+    """Every domain written after an "@" anywhere in ``value``, in the raw text, the text
+    with its quoted-pair backslashes removed, and the text with RFC 2047 encoded-words
+    decoded (a reader decodes them; the structured parse must not, see the module notes)."""
+    texts = [value]
+    if "\\" in value:
+        texts.append(value.replace("\\", ""))
+    if "=?" in value:
+        texts.append(_ENCODED_WORD.sub(_decoded_word, value))
+    found: list[str] = []
+    for text in texts:
+        at = text.find("@")
+        while at >= 0:
+            for raw in _read_after_at(text, at):
+                for candidate in (raw, raw.rstrip(_TRAILING_PUNCTUATION)):
+                    domain = displayed_domain(candidate) if candidate else None
+                    if domain is not None:
+                        if domain not in found:
+                            found.append(domain)
+                        break
+            at = text.find("@", at + 1)
+    return found
 
 
 def author_domains(from_headers: Sequence[str]) -> AuthorDomains:

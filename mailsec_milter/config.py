@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .addresses import normalise_domain
 from .dns import parse_nameserver
 
 
@@ -167,12 +168,9 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
 
 
 def _domain(text: str) -> str:
-    name = text.strip().rstrip(".").lower()
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{text!r} is not a domain name") from None
-    if not _DOMAIN.match(name):
+    """The same A-label form the checks compare with (IDNA2008, addresses.normalise_domain)."""
+    name = normalise_domain(text) if isinstance(text, str) else None
+    if name is None or not _DOMAIN.match(name):
         raise ValueError(f"{text!r} is not a domain name")
     return name
 
@@ -316,6 +314,10 @@ KEYS: tuple[Key, ...] = (
     Key("policy", "on_dns_temperror", "tempfail", _choice("tempfail", "accept"),
         "Verdict when a DNS temperror could change the verdict (e.g. the DMARC record of the "
         "author domain could not be fetched).", "choice"),
+    Key("policy", "unusable_from", "quarantine", _choice("quarantine", "reject", "accept"),
+        "Verdict when not one author domain can be read from the message (no From header, "
+        "or a From no reader could take an address from; RFC 5322 §3.6 requires one). A From "
+        "with more than 10 author domains is always rejected (RFC 9989 §11.5).", "choice"),
     Key("policy", "reject_reply",
         "550 5.7.1 Rejected by the DMARC policy of {domain}: {failed}", _str,
         "SMTP reply for a DMARC reject (5xx with 5.x.x); {domain} and {failed} are filled in.",
@@ -328,6 +330,10 @@ KEYS: tuple[Key, ...] = (
         "SMTP reply for tls_required_domains (RFC 5248 5.7.10).", "reply"),
     Key("policy", "tempfail_reply", "451 4.7.0 Temporary authentication failure, try again later",
         _str, "SMTP reply for a tempfail verdict (a 4xx code with a 4.x.x status).", "reply"),
+    Key("policy", "unusable_from_reply",
+        "550 5.7.1 Rejected: unusable From header field: {failed}", _str,
+        "SMTP reply when unusable_from rejects, or the From names too many domains; "
+        "{failed} says which.", "reply"),
     Key("metrics", "listen", "127.0.0.1:9894", _listen,
         "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
         "off.", "address"),
@@ -363,7 +369,7 @@ def parse_reply(value: Any, expect_class: str) -> Reply:
 
 
 REPLY_KEYS = {"reject_reply": "5", "spf_reject_reply": "5", "tls_reject_reply": "5",
-              "tempfail_reply": "4"}
+              "tempfail_reply": "4", "unusable_from_reply": "5"}
 TEMPLATE_FIELDS = frozenset({"domain", "failed"})
 
 
@@ -427,16 +433,18 @@ class Settings:
     quarantine_header: str
     on_internal_error: str
     on_dns_temperror: str
+    unusable_from: str
     reject_reply: Reply
     spf_reject_reply: Reply
     tls_reject_reply: Reply
     tempfail_reply: Reply
+    unusable_from_reply: Reply
     metrics_listen: str
     log_level: str
 
     def domain_override(self, domain: str) -> str | None:
         """The operator's override for an author domain, if any (exact domain match)."""
-        return dict(self.domain_overrides).get(domain.lower().rstrip("."))
+        return dict(self.domain_overrides).get(normalise_domain(domain) or domain.lower())
 
     @classmethod
     def defaults(cls) -> Settings:

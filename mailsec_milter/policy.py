@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from .addresses import AuthorProblem, normalise_domain
 from .checks.dmarc import DmarcOutcome, Policy
 from .config import Reply, Settings
 from .engine import Analysis
@@ -42,6 +43,7 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     TRUSTED_NETWORK = "trusted_network"
     AUTHENTICATED = "authenticated"
+    UNUSABLE_FROM = "unusable_from"  # no author domain to evaluate, or too many to evaluate
 
 
 class OverrideReason(StrEnum):
@@ -108,6 +110,7 @@ def _enforced(analysis: Analysis, envelope: Envelope, settings: Settings) -> Ver
                        f"internal error in {failed}", published_policy=published)
 
     candidates = [
+        _author_verdict(dmarc, settings),
         _dmarc_verdict(analysis, settings, published, evaluated),
         _spf_verdict(analysis, settings),
         _tls_verdict(analysis, dmarc, settings),
@@ -134,6 +137,30 @@ def _trusted(envelope: Envelope, settings: Settings) -> tuple[Reason, str] | Non
         if any(address in network for network in settings.trusted_networks):
             return Reason.TRUSTED_NETWORK, "trusted network"
     return None
+
+
+def _author_verdict(dmarc: DmarcOutcome | None, settings: Settings) -> Verdict | None:
+    """A From that DMARC could not evaluate is never "no policy" (docs/POLICY.md rows 5a/5b).
+
+    Too many author domains: the ones left unevaluated could have asked for reject, so the
+    message is refused (RFC 9989 §11.5 allows a negative disposition before DMARC). Not one
+    author domain readable (no From, or nothing any reader could take an address from):
+    ``[policy] unusable_from``.
+    """
+    if dmarc is None:
+        return None
+    if dmarc.incomplete:
+        why = "too many author domains to evaluate (RFC 9989 §11.5)"
+        return Verdict(Action.REJECT, Reason.UNUSABLE_FROM,
+                       _fill(settings.unusable_from_reply, "", why), detail=why)
+    if dmarc.evaluated_domains or settings.unusable_from == "accept":
+        return None
+    why = ("no From header field (RFC 5322 §3.6)" if AuthorProblem.NO_FROM in
+           dmarc.author_problems else "no author domain can be read from the From header field")
+    if settings.unusable_from == "reject":
+        return Verdict(Action.REJECT, Reason.UNUSABLE_FROM,
+                       _fill(settings.unusable_from_reply, "", why), detail=why)
+    return Verdict(Action.QUARANTINE, Reason.UNUSABLE_FROM, detail=why)
 
 
 def _dmarc_verdict(analysis: Analysis, settings: Settings, published: str | None,
@@ -217,8 +244,9 @@ def arc_vouch(analysis: Analysis, settings: Settings) -> str:
     if newest.seal_domain not in settings.trusted_arc_sealers:
         return ""
     header_from = analysis.dmarc.header_from if analysis.dmarc is not None else ""
+    recorded_from = normalise_domain(newest.recorded_header_from or "")
     if newest.recorded_result("dmarc") != "pass" or not header_from \
-            or newest.recorded_header_from != header_from.lower().rstrip("."):
+            or recorded_from != normalise_domain(header_from):
         return ""
     return (f"ARC sealed by trusted {newest.seal_domain} (i={newest.instance}), "
             f"which saw dmarc=pass for {newest.recorded_header_from}")

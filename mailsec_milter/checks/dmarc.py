@@ -30,7 +30,10 @@ Defined outcomes (RFC 8601 words; RFC 9989 §9.2 registers them for dmarc):
   we report them rather than pretend ``none``); several authors or From headers → every domain
   is evaluated and the strictest outcome wins: fail (reject > quarantine > none disposition) >
   temperror > permerror > none > pass. More author domains than ``max_author_domains`` add a
-  ``permerror`` entry ("evaluation incomplete", §11.5), so the outcome is never ``pass``.
+  ``permerror`` entry ("evaluation incomplete", §11.5) and set ``incomplete``: the domains not
+  evaluated could have asked for reject, so policy refuses such a message (docs/POLICY.md);
+* not one author domain could be read (``evaluated_domains`` empty) → ``permerror``; policy
+  decides by ``[policy] unusable_from`` — never silently "no policy".
 """
 
 from __future__ import annotations
@@ -592,6 +595,11 @@ class DmarcOutcome:
     @property
     def author_problem(self) -> AuthorProblem | None:
         return self.author_problems[0] if self.author_problems else None
+
+    @property
+    def evaluated_domains(self) -> tuple[str, ...]:
+        """The author domains DMARC was evaluated for (empty: no author could be read)."""
+        return tuple(e.domain for e in self.evaluations if e.domain)
 
 
 _RESULT_RANK = MappingProxyType({AuthResult.PASS: 0, AuthResult.NONE: 1,

@@ -20,6 +20,7 @@ from typing import Any
 
 import spf
 
+from ..addresses import normalise_domain
 from ..dns import DnsResult, Lookup
 from ..model import AuthResult, normalise_ip
 
@@ -150,6 +151,11 @@ def evaluate_spf(lookup: Lookup, identity: SpfIdentity, inputs: SpfInputs, recei
     ip, sender, domain, reported, helo = inputs
     query = _Query(i=ip, s=sender, h=helo or "unknown", receiver=receiver or "unknown",
                    strict=True, querytime=0)
+    # pyspf splits the sender at its FIRST "@"; RFC 5321 §4.1.2 puts the domain after the
+    # local part, which may be a quoted string holding "@" ("x@attacker.example"@victim.example).
+    # Hand it the local part and the (A-label) domain we report, so it evaluates that domain.
+    query.l = sender.rpartition("@")[0] or "postmaster"
+    query.o = query.d = domain
     previous = getattr(_active, "lookup", None), getattr(_active, "consulted", None)
     consulted: list[DnsResult] = []
     _active.lookup, _active.consulted = lookup, consulted
@@ -179,7 +185,9 @@ def spf_without_dns(
     """
     mail_from, helo = _without_surrogates(mail_from), _without_surrogates(helo)
     sender = spf_identity(identity, mail_from, helo)
-    domain = sender.rpartition("@")[2].lower()
+    written = sender.rpartition("@")[2]  # the domain follows the LAST "@" (RFC 5321 §4.1.2)
+    # IDNA2008 A-labels (an SMTPUTF8 sender's U-labels), as every domain we compare or look up
+    domain = normalise_domain(written) or written.lower()
     reported = helo.strip() if identity is SpfIdentity.HELO else sender
     if client_ip is None:
         return SpfOutcome(identity, AuthResult.NONE, reported, domain, "no client IP address")
@@ -190,7 +198,7 @@ def spf_without_dns(
                           "client address is not an IP address")
     if identity is SpfIdentity.HELO and not helo_is_checkable(helo):
         return SpfOutcome(identity, AuthResult.NONE, reported, domain, "HELO is not a domain name")
-    if not helo_is_checkable(domain):
+    if not helo_is_checkable(domain) or normalise_domain(domain) is None:
         # RFC 7208 §4.3: not a multi-label domain name (incl. a domain literal, or a null
         # sender's HELO that is not a name) → "none", without asking DNS about it.
         return SpfOutcome(identity, AuthResult.NONE, reported, domain, "no domain to check")

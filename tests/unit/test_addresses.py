@@ -99,7 +99,9 @@ def test_comment_inside_domain_never_extends_it(value: str) -> None:
         (["a@example.com>"], ("example.com",), (NO_DOMAIN,)),
         (['"unterminated <x@victim.example>'], ("victim.example",), (NO_DOMAIN,)),
         (["a@b@victim.example"], ("b", "victim.example"), (NO_DOMAIN,)),
-        (["a@legit.example evil.example"], ("legit.example",), (NO_DOMAIN,)),
+        # getaddresses() reads the joined run: evaluated too (strictest wins)
+        (["a@legit.example evil.example"], ("legit.example", "legit.exampleevil.example"),
+         (NO_DOMAIN,)),
         (["a@evil.example <b@legit.example>"], ("evil.example", "legit.example"), (NO_DOMAIN,)),
         (["a@x.example, b@y.example", "c@z.example"], ("x.example", "y.example", "z.example"),
          (MULTI_HEADERS, MULTI_AUTHORS)),
