@@ -33,7 +33,7 @@ from .checks.spf import (
 from .checks.tls import TlsOutcome, check_tls
 from .config import Settings
 from .dns import BoundLookup, CachedOnlyLookup, CacheMissError, Deadline, Resolver
-from .model import AuthResult, Envelope, Header, MessageSnapshot
+from .model import AuthResult, Envelope, Header, MessageSnapshot, is_field
 
 log = logging.getLogger("mailsec_milter.engine")
 
@@ -115,7 +115,7 @@ class MessageRun:
         elif lowered in ("arc-seal", "arc-message-signature") and settings.arc_enabled:
             if self._arc_prefetches < MAX_ARC_PREFETCHES and self._prefetch_key(header):
                 self._arc_prefetches += 1
-        elif lowered == "from" and settings.dmarc_enabled:
+        elif settings.dmarc_enabled and is_field(header.name, "from"):
             values = (header.value,)
             authors = author_domains(values)
             self._authors_seen = (values, authors)

@@ -108,12 +108,21 @@ class MessageSnapshot:
 
     def headers_named(self, name: str) -> tuple[Header, ...]:
         lowered = name.lower()
-        return tuple(h for h in self.headers if h.name.lower() == lowered)
+        return tuple(h for h in self.headers if is_field(h.name, lowered))
 
     def raw_message(self) -> bytes:
         """The message as RFC 5322 bytes with CRLF line ends, as DKIM verification needs."""
         head = b"".join(h.to_bytes() for h in self.headers)
         return head + b"\r\n" + self.body
+
+
+def is_field(name: str, lowered: str) -> bool:
+    """Whether a received field name is ``lowered`` (an ASCII lowercase name): ASCII
+    case-insensitive only (a non-ASCII look-alike never matches), and white space before the
+    colon is not part of the name (RFC 5322 §4.5.3 obs-optional: ``From : x`` is a From
+    field to a lenient reader, so it must be one to us)."""
+    name = name.rstrip(" \t")
+    return len(name) == len(lowered) and name.isascii() and name.lower() == lowered
 
 
 def parse_message(raw: bytes) -> tuple[tuple[Header, ...], bytes]:

@@ -12,7 +12,7 @@ import pytest
 
 from mailsec_milter.testing import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
-from tests.support.forgery_cases import CASES, ZONE, Case
+from tests.support.forgery_cases import CASES, FIELD_NAME_CASES, ZONE, Case
 from tests.support.milterproc import MilterProcess
 
 # What the daemon's reply looks like for each verdict (Postfix's view of the milter's answer).
@@ -74,3 +74,17 @@ def test_bypass_class_through_the_daemon(case: Case, daemons: dict[str, MilterPr
 def queue_id(case: Case) -> str:
     """A queue id per case, to find the case's log line."""
     return f"4F{CASES.index(case):04d}"
+
+
+@pytest.mark.parametrize(("name", "fields", "action"), FIELD_NAME_CASES,
+                         ids=[c[0] for c in FIELD_NAME_CASES])
+def test_from_field_names_as_a_lenient_reader_sees_them(
+        name: str, fields: str, action: str, daemons: dict[str, MilterProcess],
+        nameserver: str) -> None:
+    milter = daemon_for(CASES[0], daemons, nameserver)
+    raw = (fields + "To: bob@example.net\r\nSubject: hi\r\n\r\nbody\r\n").encode()
+    with mc.MilterClient.connect(milter.socket_spec) as client:
+        result = client.send_message(raw, client_ip=CASES[0].client_ip,
+                                     helo="mail.attacker.example",
+                                     mail_from="x@attacker.example", rcpts=["bob@example.net"])
+    assert result.action in _ACTIONS[action], (name, result.action, result.smtp_reply)

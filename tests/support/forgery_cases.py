@@ -126,3 +126,13 @@ CASES: tuple[Case, ...] = (
     Case("visible-quoted-string-only", ('"ceo@victim.example"',), "reject", "dmarc_policy",
          header_from="victim.example"),
 )
+
+# A second From field a lenient reader takes for one (white space before the colon, RFC 5322
+# §4.5.3 obs-optional; any case), beside the attacker's own aligned From: (header block, verdict).
+FIELD_NAME_CASES: tuple[tuple[str, str, str], ...] = (
+    ("from-with-space-before-colon",
+     "From: x@attacker.example\r\nFrom : CEO <ceo@victim.example>\r\n", "reject"),
+    ("from-uppercase", "From: x@attacker.example\r\nFROM: CEO <ceo@victim.example>\r\n",
+     "reject"),
+    ("from-control-attacker-only", "From: x@attacker.example\r\n", "accept"),
+)

@@ -7,13 +7,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailsec_milter.cli import main
-from tests.support.forgery_cases import CASES, Case, zone_text
+from mailsec_milter.config import settings_from_mapping
+from mailsec_milter.dns import StaticResolver
+from mailsec_milter.engine import Engine
+from mailsec_milter.model import Envelope, Header, MessageSnapshot, is_field
+from mailsec_milter.policy import Action, decide
+from tests.support.forgery_cases import CASES, FORGER_IP, Case, zone_text
 from tests.support.milterproc import render_toml
 
 
@@ -51,3 +57,29 @@ def test_reject_replies_name_the_problem(tmp_path: Path) -> None:
     reply = run_check(cap, tmp_path)["verdict"]["reply"]
     assert (reply["code"], reply["status"]) == ("550", "5.7.1")
     assert "too many author domains" in reply["text"]
+
+
+@pytest.mark.parametrize(("name", "matches"), [
+    ("From", True), ("FROM", True), ("from", True), ("From ", True), ("From\t", True),
+    ("Fro m", False), ("Frm", False), ("From-X", False),
+    ("\u212arom", False),  # a non-ASCII look-alike never matches (Kelvin sign)
+])
+def test_field_names_compare_ascii_case_insensitively_without_obs_wsp(
+        name: str, matches: bool) -> None:
+    assert is_field(name, "from") is matches
+
+
+def test_a_from_field_written_with_space_before_the_colon_is_evaluated() -> None:
+    """Sendmail (unlike Postfix) can hand the name on as written: ``From : x`` is a From
+    field to a lenient reader, so the victim's domain beside the attacker's is evaluated."""
+    settings = settings_from_mapping({"milter": {"authserv_id": "mx.test.example"}})
+    envelope = Envelope(client_ip=FORGER_IP, helo="mail.attacker.example",
+                        mail_from="x@attacker.example")
+    headers = (Header("From", b" x@attacker.example"),
+               Header("From ", b" CEO <ceo@victim.example>"), Header("Subject", b" hi"))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        engine = Engine(settings, StaticResolver.from_zone_text(zone_text()), pool)
+        analysis = engine.analyse(MessageSnapshot(envelope, headers, b"body\r\n"))
+    assert analysis.dmarc is not None
+    assert "victim.example" in analysis.dmarc.evaluated_domains
+    assert decide(analysis, envelope, settings).action is Action.REJECT
