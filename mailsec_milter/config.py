@@ -26,8 +26,8 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and what is wrong."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$", re.I)
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
@@ -38,7 +38,7 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"expected a duration string with a unit such as \"5s\", got {value!r}")
     match = _DURATION.match(value)
     if match is None:
-        raise ValueError(f"bad duration {value!r}: use a number and a unit (ms, s, m, h), "
+        raise ValueError(f"bad duration {value!r}: use a number and a unit (ms, s, m, h, d), "
                          "e.g. \"5s\"")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
@@ -334,6 +334,18 @@ KEYS: tuple[Key, ...] = (
         "550 5.7.1 Rejected: unusable From header field: {failed}", _str,
         "SMTP reply when unusable_from rejects, or the From names too many domains; "
         "{failed} says which.", "reply"),
+    Key("reports", "record", True, _bool,
+        "Record what DMARC aggregate reports need (RFC 9990) for every message whose DMARC "
+        "policy record was found, off the reply path (docs/REPORTS.md).", "bool"),
+    Key("reports", "store", "", _str,
+        "Where records go: a file path (SQLite) or a postgresql:// URL shared by several MX "
+        "hosts; \"\" means reports.sqlite in the state directory ($STATE_DIRECTORY, else "
+        "/var/lib/mailsec-milter).", "path or URL"),
+    Key("reports", "queue_size", 10000, _int_range(10, 1_000_000),
+        "Records waiting for the store at most; when full (or the store is down) records are "
+        "dropped and counted, mail is never delayed.", "records"),
+    Key("reports", "keep", "14d", _duration_range(86400, 366 * 86400),
+        "How long recorded days stay in the store.", "duration"),
     Key("metrics", "listen", "127.0.0.1:9894", _listen,
         "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
         "off.", "address"),
@@ -439,6 +451,10 @@ class Settings:
     tls_reject_reply: Reply
     tempfail_reply: Reply
     unusable_from_reply: Reply
+    reports_record: bool
+    reports_store: str
+    reports_queue_size: int
+    reports_keep: float
     metrics_listen: str
     log_level: str
 
@@ -453,7 +469,8 @@ class Settings:
 
 def _field_name(key: Key) -> str:
     prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "dmarc": "dmarc_",
-              "arc": "arc_", "metrics": "metrics_", "log": "log_"}.get(key.section, "")
+              "arc": "arc_", "metrics": "metrics_", "log": "log_",
+              "reports": "reports_"}.get(key.section, "")
     if key.section == "dns" and key.name == "nameservers":
         return "nameservers"
     return prefix + key.name

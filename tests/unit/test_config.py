@@ -52,7 +52,7 @@ def test_every_key_is_documented_in_print_defaults() -> None:
         ({"dnss": {}}, "unknown section [dnss] (did you mean dns?)"),
         ({"dns": {"timeout": 5}}, "[dns] timeout: expected a duration string"),
         ({"dns": {"timeout": "5 parsecs"}}, "[dns] timeout: bad duration"),
-        ({"dns": {"timeout": "5d"}}, "[dns] timeout: bad duration"),
+        ({"dns": {"timeout": "5w"}}, "[dns] timeout: bad duration"),
         ({"dns": {"timeout": "600s"}}, "[dns] timeout: 600s is out of range"),
         ({"dns": {"nameservers": "127.0.0.1"}}, "[dns] nameservers: expected a list"),
         ({"dns": {"nameservers": ["300.1.1.1"]}}, "[dns] nameservers:"),
