@@ -72,6 +72,32 @@ def test_row_trusted_network() -> None:
     assert untrusted.action is Action.REJECT
 
 
+@pytest.mark.parametrize("client_ip", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_row_trusted_network_loopback_by_default(client_ip: str) -> None:
+    """Postfix hands sendmail(1)/pickup mail over as localhost[127.0.0.1] (or ::1): not inbound."""
+    env = Envelope(client_ip=client_ip, helo="localhost", mail_from=f"ceo@{DOMAIN}")
+    verdict = decide(analysis(dmarc(R.FAIL)), env, settings())
+    assert verdict.action is Action.ACCEPT and verdict.reason is Reason.TRUSTED_NETWORK
+    # Still checked and recorded: the evaluated reject, not applied, and why.
+    assert verdict.evaluated_disposition == "reject" and verdict.applied_disposition == "none"
+    assert verdict.override_reason is OverrideReason.TRUSTED_FORWARDER
+    network = "::1/128" if ":" in client_ip else "127.0.0.0/8"
+    assert verdict.override_detail == f"trusted network {network}"
+
+
+@pytest.mark.parametrize("client_ip", ["198.51.100.7", "128.0.0.1", "::2"])
+def test_row_trusted_network_default_is_loopback_only(client_ip: str) -> None:
+    env = Envelope(client_ip=client_ip, helo="evil.example", mail_from="x@evil.example")
+    assert decide(analysis(dmarc(R.FAIL)), env, settings()).action is Action.REJECT
+
+
+def test_row_trusted_network_emptied_enforces_on_loopback() -> None:
+    """trusted_networks = [] is the setting for a content filter re-injecting via loopback."""
+    env = Envelope(client_ip="127.0.0.1", helo="localhost", mail_from="x@evil.example")
+    verdict = decide(analysis(dmarc(R.FAIL)), env, settings(trusted_networks=[]))
+    assert verdict.action is Action.REJECT and verdict.reason is Reason.DMARC_POLICY
+
+
 def test_row_internal_error_tempfails_by_default() -> None:
     crashed = analysis(dmarc(R.PASS), errors=(CheckError("dkim", "boom"),))
     verdict = decide(crashed, ENVELOPE, settings())
