@@ -81,6 +81,8 @@ def test_sendmail_command_mail_of_the_own_p_reject_domain_is_delivered(
     postfix.submit_local(raw, f"root@{OWN}", ["bob@example.net"])
     header = our_header(postfix, msg_id)
     assert_checked_and_let_through(header)
+    # Postfix's cleanup plays the client as localhost[127.0.0.1], HELO localhost.
+    assert "smtp.helo=localhost" in header, header
     # It went through pickup/cleanup (non_smtpd_milters), not through smtpd.
     queue_id = postfix.wait_log(rf"postfix/pickup\[\d+\]: (\w+): uid=\d+ from=<root@{OWN}>")[1]
     assert not re.search(rf"postfix/smtpd\[\d+\]: {queue_id}:", postfix.maillog())
