@@ -12,7 +12,7 @@ from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome
 from mailsec_milter.config import settings_from_mapping
 from mailsec_milter.engine import Analysis, CheckError
-from mailsec_milter.model import AuthResult, Envelope
+from mailsec_milter.model import AuthResult, Envelope, normalise_ip
 from mailsec_milter.policy import Action, OverrideReason, Reason, decide
 
 R = AuthResult
@@ -89,6 +89,13 @@ def test_row_trusted_network_loopback_by_default(client_ip: str) -> None:
 def test_row_trusted_network_default_is_loopback_only(client_ip: str) -> None:
     env = Envelope(client_ip=client_ip, helo="evil.example", mail_from="x@evil.example")
     assert decide(analysis(dmarc(R.FAIL)), env, settings()).action is Action.REJECT
+
+
+def test_row_trusted_network_loopback_reported_ipv4_mapped_is_trusted() -> None:
+    """A dual-stack socket reports ::ffff:127.0.0.1; the adapter normalises it first."""
+    env = Envelope(client_ip=normalise_ip("::ffff:127.0.0.1"), helo="localhost",
+                   mail_from=f"ceo@{DOMAIN}")
+    assert decide(analysis(dmarc(R.FAIL)), env, settings()).reason is Reason.TRUSTED_NETWORK
 
 
 def test_row_trusted_network_emptied_enforces_on_loopback() -> None:
