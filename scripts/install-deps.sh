@@ -95,7 +95,7 @@ undo_started_services() {
       fi
     fi
     for entry in "${services[@]}"; do
-      [ "${entry%%:*}" = "$unit" ] && rest=${entry#*:} && file=$root${rest%%:*}
+      if [ "${entry%%:*}" = "$unit" ]; then rest=${entry#*:}; file=$root${rest%%:*}; fi
     done
     if [ -n "$pid" ] && [ "$pid" != "${was_pid:-}" ]; then
       echo "install-deps: stopping $unit (PID $pid from $file, started by the package install)" >&2
