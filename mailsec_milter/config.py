@@ -281,8 +281,11 @@ KEYS: tuple[Key, ...] = (
     Key("policy", "dry_run", False, _bool,
         "Decide, log and count, but always accept (the header records the would-be verdict).",
         "bool"),
-    Key("policy", "trusted_networks", [], _networks,
-        "Client networks (CIDR) whose mail is checked and stamped but never enforced.",
+    Key("policy", "trusted_networks", ["127.0.0.0/8", "::1/128"], _networks,
+        "Client networks (CIDR) whose mail is checked and stamped but never enforced. The "
+        "default, loopback, is how Postfix presents locally submitted mail (sendmail(1), "
+        "pickup) and local apps; set [] when a content filter re-injects outside mail through "
+        "loopback into an smtpd that runs this milter.",
         "list of CIDRs"),
     Key("policy", "trusted_arc_sealers", [], _domains,
         "ARC sealers (d= of the newest ARC-Seal) trusted to vouch for forwarded mail: when "

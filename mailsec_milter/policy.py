@@ -134,8 +134,9 @@ def _trusted(envelope: Envelope, settings: Settings) -> tuple[Reason, str] | Non
             address = ipaddress.ip_address(envelope.client_ip)
         except ValueError:
             return None
-        if any(address in network for network in settings.trusted_networks):
-            return Reason.TRUSTED_NETWORK, "trusted network"
+        for network in settings.trusted_networks:
+            if address in network:
+                return Reason.TRUSTED_NETWORK, f"trusted network {network}"
     return None
 
 

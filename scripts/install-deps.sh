@@ -5,9 +5,17 @@
 #   scripts/install-deps.sh --bench  also the benchmark's peers (OpenDKIM, OpenDMARC, rspamd)
 #                                    and py-spy for --profile;
 #                                    implies --test (bench/ runs on the test stack)
-# It never starts or enables a system service: package scripts are kept from doing so with a
-# temporary policy-rc.d (removed again if we created it), and a service of the benchmark's
-# peers that the install started or enabled anyway is stopped/disabled again afterwards.
+# It never stops, disables or reconfigures a service it did not itself bring up: package scripts
+# are kept from starting anything with a temporary policy-rc.d (removed again if we created it);
+# the state of every service these packages could start (Postfix, Unbound, Prometheus, the
+# benchmark's peers) is recorded before the install, and only what the install changed is undone
+# afterwards (a unit it started is stopped, one it enabled is disabled, a daemon it started by PID
+# file is stopped). A host's own Postfix or Unbound, running before, is left exactly as it was.
+# Postfix's debconf question is preseeded only when Postfix itself is being installed.
+#
+# INSTALL_DEPS_ROOT (tests only, tests/deploy/test_install_deps.py): a directory prefixed to the
+# paths the script inspects or writes (/run/systemd/system, /usr/sbin/policy-rc.d, PID files),
+# so a fake systemd host can be built from PATH shims without touching the real one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 want_test=0
@@ -28,9 +36,17 @@ test_pkgs=(postfix unbound prometheus openssl ca-certificates iproute2 systemd p
 # The benchmark's peer milters (bench/targets.py runs them from private configs, never as the
 # system's services). --no-install-recommends keeps rspamd's redis-server out: not needed.
 bench_pkgs=(opendkim opendmarc rspamd)
-# Services those packages (or a recommended redis) ship, with the PID file of their init script.
-bench_services=(rspamd:/run/rspamd/rspamd.pid opendkim:/run/opendkim/opendkim.pid
-                opendmarc:/run/opendmarc/opendmarc.pid redis-server:/run/redis/redis-server.pid)
+root=${INSTALL_DEPS_ROOT:-}
+# Every service the packages above (or a recommended package) ship: unit, the PID file of its
+# Debian init script, the process name (comm, at most 15 characters) behind that PID.
+services=(postfix:/var/spool/postfix/pid/master.pid:master
+          unbound:/run/unbound.pid:unbound
+          prometheus:/run/prometheus/prometheus.pid:prometheus
+          prometheus-node-exporter:/run/prometheus/prometheus-node-exporter.pid:prometheus-node
+          rspamd:/run/rspamd/rspamd.pid:rspamd
+          opendkim:/run/opendkim/opendkim.pid:opendkim
+          opendmarc:/run/opendmarc/opendmarc.pid:opendmarc
+          redis-server:/run/redis/redis-server.pid:redis-server)
 
 missing=()
 for p in "${runtime_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
@@ -41,30 +57,31 @@ if [ $want_bench -eq 1 ]; then
   for p in "${bench_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 fi
 
-have_systemd() { command -v systemctl >/dev/null && [ -d /run/systemd/system ]; }
+have_systemd() { command -v systemctl >/dev/null && [ -d "$root/run/systemd/system" ]; }
 # A live PID from a PID file whose process has the service's name, else nothing.
 pid_of() {
-  local name=$1 file=$2 pid
-  pid=$(sudo_ cat "$file" 2>/dev/null | tr -dc '0-9') || true
+  local comm=$1 file=$2 pid
+  pid=$(sudo_ cat "$root$file" 2>/dev/null | tr -dc '0-9') || true
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 0
-  case "$(cat "/proc/$pid/comm" 2>/dev/null)" in "$name"*) echo "$pid" ;; esac
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && echo "$pid"
+  return 0
 }
-# "unit active enabled pid" per bench service, to tell afterwards what the install changed.
+# "unit active enabled pid" per service, to tell afterwards what the install changed.
 service_state() {
-  local entry unit file active enabled
-  for entry in "${bench_services[@]}"; do
-    unit=${entry%%:*}; file=${entry#*:}; active=-; enabled=-
+  local entry unit rest file comm active enabled
+  for entry in "${services[@]}"; do
+    unit=${entry%%:*}; rest=${entry#*:}; file=${rest%%:*}; comm=${rest#*:}; active=-; enabled=-
     if have_systemd; then
       active=$(systemctl is-active "$unit.service" 2>/dev/null) || true
       enabled=$(systemctl is-enabled "$unit.service" 2>/dev/null) || true
     fi
-    echo "$unit ${active:--} ${enabled:--} $(pid_of "$unit" "$file")"
+    echo "$unit ${active:--} ${enabled:--} $(pid_of "$comm" "$file")"
   done
 }
 # Stop (and disable) what the install started (or enabled) that was not so before: by systemd
-# unit, else by the PID in the service's PID file. Services that were running before stay.
-undo_bench_services() {
-  local before=$1 unit active enabled pid was_active was_enabled was_pid entry file=""
+# unit, else by the PID in the service's PID file. Whatever was so before stays as it was.
+undo_started_services() {
+  local before=$1 unit active enabled pid was_active was_enabled was_pid entry rest="" file=""
   while read -r unit active enabled pid; do
     read -r _ was_active was_enabled was_pid < <(grep "^$unit " <<<"$before" || echo "$unit - - ")
     if have_systemd; then
@@ -77,8 +94,9 @@ undo_bench_services() {
         sudo_ systemctl disable "$unit.service" >/dev/null 2>&1 || true
       fi
     fi
-    for entry in "${bench_services[@]}"; do [ "${entry%%:*}" = "$unit" ] && file=${entry#*:}; done
-    pid=$(pid_of "$unit" "$file")
+    for entry in "${services[@]}"; do
+      if [ "${entry%%:*}" = "$unit" ]; then rest=${entry#*:}; file=$root${rest%%:*}; fi
+    done
     if [ -n "$pid" ] && [ "$pid" != "${was_pid:-}" ]; then
       echo "install-deps: stopping $unit (PID $pid from $file, started by the package install)" >&2
       sudo_ kill -TERM "$pid" 2>/dev/null || true
@@ -89,22 +107,24 @@ undo_bench_services() {
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt packages to install: ${missing[*]}" >&2
+  policy_rc="$root/usr/sbin/policy-rc.d"
   created_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | sudo_ tee /usr/sbin/policy-rc.d >/dev/null
-    sudo_ chmod +x /usr/sbin/policy-rc.d
+  if [ ! -e "$policy_rc" ]; then
+    printf '#!/bin/sh\nexit 101\n' | sudo_ tee "$policy_rc" >/dev/null
+    sudo_ chmod +x "$policy_rc"
     created_policy=1
   fi
-  trap '[ $created_policy -eq 1 ] && sudo_ rm -f /usr/sbin/policy-rc.d' EXIT
-  echo "postfix postfix/main_mailer_type select No configuration" | sudo_ debconf-set-selections
+  trap 'if [ $created_policy -eq 1 ]; then sudo_ rm -f "$policy_rc"; fi' EXIT
+  # Only a Postfix being installed is asked its debconf question; an installed one is not touched.
+  for p in "${missing[@]}"; do
+    if [ "$p" = postfix ]; then
+      echo "postfix postfix/main_mailer_type select No configuration" | sudo_ debconf-set-selections
+    fi
+  done
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   services_before=$(service_state)
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if [ $want_bench -eq 1 ]; then undo_bench_services "$services_before"; fi
-  # The Debian prometheus package enables its own service; we only want the binary.
-  if [ $want_test -eq 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    sudo_ systemctl disable --now prometheus prometheus-node-exporter unbound postfix >/dev/null 2>&1 || true
-  fi
+  undo_started_services "$services_before"
 fi
 
 # Debian's own interpreter by default: its standard library is readable by every user, which

@@ -95,8 +95,11 @@ def stack() -> Iterator[Stack]:
             dns.add("_dmarc.sender.test", "TXT", "v=DMARC1; p=reject")
             dns.add(dkimkeys.key_name("ed", "sender.test"), "TXT", ed.record())
             dns.add("_dmarc.strict.test", "TXT", "v=DMARC1; p=reject")
+            # Every test client connects from 127.0.0.1: loopback is trusted by default
+            # (local submission), so the stack stands in for an MX with nothing trusted.
             milter = MilterProcess({"milter": {"authserv_id": AUTHSERV_ID},
-                                    "dns": {"nameservers": [dns.nameserver], "timeout": "2s"}})
+                                    "dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
+                                    "policy": {"trusted_networks": []}})
             with milter:
                 try:
                     instance = sendmail.SendmailInstance(root, milter.socket_spec, sink_port)

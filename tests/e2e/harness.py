@@ -57,6 +57,7 @@ POSTQUEUE = "postqueue"
 POSTCAT = "postcat"
 POSTSUPER = "postsuper"
 SMTP_SINK = "smtp-sink"
+SENDMAIL = "sendmail"  # Postfix's sendmail(1): postdrop into the maildrop queue, then pickup
 OPENSSL = "openssl"
 
 _SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -1166,6 +1167,27 @@ class PostfixInstance(_Service):
             mail_options=mail_options,
             timeout=timeout,
         )
+
+    def submit_local(
+        self, message: bytes | str, mail_from: str, rcpts: Sequence[str], *,
+        timeout: float = 30.0,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Submit as a local program does: Postfix's ``sendmail -C CONFIG_DIR -f FROM -- RCPTS``.
+
+        The message goes through postdrop and pickup, so cleanup hands it to
+        ``non_smtpd_milters`` (Postfix presents it there as ``localhost[127.0.0.1]``).
+        ``-C`` with a private config directory is honoured for root only.
+        """
+        payload = message.encode("utf-8") if isinstance(message, str) else message
+        cmd = [_bin(SENDMAIL), "-C", str(self.config_dir), "-i", "-f", mail_from, "--", *rcpts]
+        try:
+            proc = subprocess.run(cmd, input=payload.replace(b"\r\n", b"\n"),
+                                  capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise HarnessError(f"timed out after {timeout}s: {' '.join(cmd)}") from exc
+        if proc.returncode != 0:
+            raise HarnessError(f"sendmail failed ({proc.returncode}): {proc.stderr!r}")
+        return proc
 
     # -- SMTP out (smtp-sink)
 

@@ -49,3 +49,57 @@ def test_every_doc_the_readme_names_exists() -> None:
                  "docs/METRICS.md", "CHANGELOG.md"):
         assert name in readme, name
         assert (REPO / name).exists(), name
+
+
+def _master_cf_snippets(text: str) -> list[str]:
+    """The code blocks that start with ``# /etc/postfix/master.cf`` (list items indented)."""
+    snippets: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip().startswith("# /etc/postfix/master.cf"):
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            block: list[str] = []
+            i += 1
+            while lines[i].strip() != "```":
+                if lines[i].strip() != "...":  # "the rest of your entry"
+                    block.append(lines[i][indent:])
+                i += 1
+            snippets.append("\n".join(block))
+        i += 1
+    return snippets
+
+
+@pytest.mark.skipif(shutil.which("postconf") is None, reason="Postfix not installed")
+def test_milter_readme_master_cf_entries_are_what_postfix_reads(tmp_path: Path) -> None:
+    """Submission without us, the content filter's re-injection without milters (issue 13)."""
+    snippets = _master_cf_snippets((REPO / "docs" / "MILTER_README.md").read_text())
+    assert len(snippets) == 2, snippets
+    (tmp_path / "main.cf").write_text("")
+    (tmp_path / "master.cf").write_text("\n".join(snippets) + "\n")
+    result = subprocess.run(
+        ["postconf", "-c", str(tmp_path), "-P", "submission/inet/smtpd_milters",
+         "submissions/inet/smtpd_milters", "127.0.0.1:10025/inet/smtpd_milters",
+         "127.0.0.1:10025/inet/receive_override_options"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    values: dict[str, str] = {}
+    for line in result.stdout.splitlines():  # "name = value", or "name =" when empty
+        name, _, value = line.partition(" =")
+        values[name] = value.strip()
+    assert values["submission/inet/smtpd_milters"] == "inet:127.0.0.1:8891"
+    assert values["submissions/inet/smtpd_milters"] == "inet:127.0.0.1:8891"
+    assert values["127.0.0.1:10025/inet/smtpd_milters"] == ""
+    assert "no_milters" in values["127.0.0.1:10025/inet/receive_override_options"].split(",")
+
+
+def test_docs_say_how_local_mail_reaches_the_milter() -> None:
+    """Postfix presents sendmail(1) mail as localhost[127.0.0.1], and loopback is trusted."""
+    default = next(k for k in KEYS if k.dotted == "[policy] trusted_networks").default
+    assert default == ["127.0.0.0/8", "::1/128"]
+    for name in ("README.md", "docs/MILTER_README.md", "docs/POLICY.md"):
+        text = (REPO / name).read_text()
+        assert "no client IP" not in text, name
+        assert "localhost[127.0.0.1]" in text, name
+    milter_readme = (REPO / "docs" / "MILTER_README.md").read_text()
+    assert "trusted_networks = []" in milter_readme and "amavis" in milter_readme

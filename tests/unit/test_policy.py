@@ -12,7 +12,7 @@ from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome
 from mailsec_milter.config import settings_from_mapping
 from mailsec_milter.engine import Analysis, CheckError
-from mailsec_milter.model import AuthResult, Envelope
+from mailsec_milter.model import AuthResult, Envelope, normalise_ip
 from mailsec_milter.policy import Action, OverrideReason, Reason, decide
 
 R = AuthResult
@@ -70,6 +70,39 @@ def test_row_trusted_network() -> None:
     untrusted = decide(analysis(dmarc(R.FAIL)), ENVELOPE,
                        settings(trusted_networks=["192.0.2.0/24"]))
     assert untrusted.action is Action.REJECT
+
+
+@pytest.mark.parametrize("client_ip", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_row_trusted_network_loopback_by_default(client_ip: str) -> None:
+    """Postfix hands sendmail(1)/pickup mail over as localhost[127.0.0.1] (or ::1): not inbound."""
+    env = Envelope(client_ip=client_ip, helo="localhost", mail_from=f"ceo@{DOMAIN}")
+    verdict = decide(analysis(dmarc(R.FAIL)), env, settings())
+    assert verdict.action is Action.ACCEPT and verdict.reason is Reason.TRUSTED_NETWORK
+    # Still checked and recorded: the evaluated reject, not applied, and why.
+    assert verdict.evaluated_disposition == "reject" and verdict.applied_disposition == "none"
+    assert verdict.override_reason is OverrideReason.TRUSTED_FORWARDER
+    network = "::1/128" if ":" in client_ip else "127.0.0.0/8"
+    assert verdict.override_detail == f"trusted network {network}"
+
+
+@pytest.mark.parametrize("client_ip", ["198.51.100.7", "128.0.0.1", "::2"])
+def test_row_trusted_network_default_is_loopback_only(client_ip: str) -> None:
+    env = Envelope(client_ip=client_ip, helo="evil.example", mail_from="x@evil.example")
+    assert decide(analysis(dmarc(R.FAIL)), env, settings()).action is Action.REJECT
+
+
+def test_row_trusted_network_loopback_reported_ipv4_mapped_is_trusted() -> None:
+    """A dual-stack socket reports ::ffff:127.0.0.1; the adapter normalises it first."""
+    env = Envelope(client_ip=normalise_ip("::ffff:127.0.0.1"), helo="localhost",
+                   mail_from=f"ceo@{DOMAIN}")
+    assert decide(analysis(dmarc(R.FAIL)), env, settings()).reason is Reason.TRUSTED_NETWORK
+
+
+def test_row_trusted_network_emptied_enforces_on_loopback() -> None:
+    """trusted_networks = [] is the setting for a content filter re-injecting via loopback."""
+    env = Envelope(client_ip="127.0.0.1", helo="localhost", mail_from="x@evil.example")
+    verdict = decide(analysis(dmarc(R.FAIL)), env, settings(trusted_networks=[]))
+    assert verdict.action is Action.REJECT and verdict.reason is Reason.DMARC_POLICY
 
 
 def test_row_internal_error_tempfails_by_default() -> None:
