@@ -7,8 +7,12 @@ runs a message through the very same engine, policy and renderer as the milter.
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import logging
+import os
+import pwd
+import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +25,7 @@ from .authres import forged_indices, render, results_for
 from .config import (
     ConfigError,
     Settings,
+    config_warnings,
     load_settings,
     render_defaults_markdown,
     render_defaults_toml,
@@ -102,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "check-config":
-            load_settings(args.path)
+            settings = load_settings(args.path)
+            for warning in config_warnings(settings) + account_warnings(settings, args.path):
+                print(f"mailsec-milter: warning: {warning}", file=sys.stderr)
             print(f"{args.path}: OK")
             return 0
         if args.command == "print-defaults":
@@ -162,6 +169,36 @@ def _run(args: argparse.Namespace) -> int:
         settings = replace(settings, user=args.user)
     _setup_logging(settings.log_level)
     return run(settings, args.config, args.user)
+
+
+def account_warnings(settings: Settings, path: str) -> list[str]:
+    """What ``check-config`` can tell about ``[milter] user`` that the file alone cannot: the
+    account exists, and it can read this file (the daemon re-reads it on reload as that user,
+    with its primary group only)."""
+    if not settings.user:
+        return []
+    try:
+        entry = pwd.getpwnam(settings.user)
+    except KeyError:
+        return [f"[milter] user {settings.user!r} does not exist: the daemon will refuse to "
+                "start as root (create it, e.g. useradd --system --no-create-home "
+                f"{settings.user})"]
+    mode = os.stat(path)
+    if entry.pw_uid == mode.st_uid:
+        readable = bool(mode.st_mode & stat.S_IRUSR)
+    elif entry.pw_gid == mode.st_gid:
+        readable = bool(mode.st_mode & stat.S_IRGRP)
+    else:
+        readable = bool(mode.st_mode & stat.S_IROTH)
+    if entry.pw_uid == 0 or readable:
+        return []
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = str(entry.pw_gid)
+    return [f"{path} is not readable by [milter] user {settings.user!r}: every reload "
+            "(SIGHUP) would fail; make it readable by that user, e.g. chgrp "
+            f"{group} {path} && chmod 640 {path}"]
 
 
 def _tls_from_arg(text: str | None) -> TlsInfo:
