@@ -15,11 +15,11 @@ import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
 
-from .checks.dmarc import DmarcOutcome
-from .checks.spf import SpfIdentity
 from .engine import Analysis
-from .model import AuthResult, Header
+from .model import AuthResult, Header, SpfIdentity
 from .policy import Verdict
 
 # RFC 2045 token characters: printable ASCII minus SPACE, CTLs and tspecials.
@@ -268,7 +268,23 @@ def results_for(analysis: Analysis, verdict: Verdict | None = None) -> list[ResI
     return results
 
 
-def _dmarc_result(dmarc: DmarcOutcome, verdict: Verdict | None) -> ResInfo:
+class DmarcFacts(Protocol):
+    """What the renderer reads of a DMARC outcome (``checks.dmarc.DmarcOutcome`` has it): the
+    renderer depends on the model's words, not on the checks' modules."""
+
+    @property
+    def result(self) -> AuthResult: ...
+    @property
+    def header_from(self) -> str: ...
+    @property
+    def policy(self) -> StrEnum | None: ...
+    @property
+    def testing(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def _dmarc_result(dmarc: DmarcFacts, verdict: Verdict | None) -> ResInfo:
     """``dmarc=`` with the published policy and the evaluated and applied dispositions.
 
     Property names: ``policy.published-domain-policy``, ``policy.evaluated-disposition``,
