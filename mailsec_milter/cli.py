@@ -38,9 +38,8 @@ from .policy import Action, decide, explain_identities
 # ``check``'s exit status, one per verdict; 2 stays argparse's (and our) usage/input error and
 # 1 Python's status for a crash, so a script can tell a verdict from a failure to decide.
 CHECK_EXIT = {Action.ACCEPT: 0, Action.QUARANTINE: 3, Action.REJECT: 4, Action.TEMPFAIL: 5}
-CHECK_EXIT_HELP = ("Exit status: 0 accept, 3 quarantine, 4 reject, 5 tempfail (the verdict "
-                   "after dry_run: a dry run accepts); 2 for a usage, configuration or input "
-                   "error.")
+CHECK_EXIT_HELP = ("0 accept, 3 quarantine, 4 reject, 5 tempfail (the verdict after dry_run: "
+                   "a dry run accepts); 2 for a usage, configuration or input error")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                            "renderer as the daemon and print the Authentication-Results header "
                            "it would add, what each identity gave, how many forged "
                            "Authentication-Results headers it would remove, and the verdict. "
-                           + CHECK_EXIT_HELP)
+                           "Exit status: " + CHECK_EXIT_HELP + ".")
     check.add_argument("--config")
     check.add_argument("--client-ip", required=True)
     check.add_argument("--helo", required=True)

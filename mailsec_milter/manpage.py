@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import __version__
+from .cli import CHECK_EXIT_HELP
 from .config import KEYS, _toml_value
 
 
@@ -66,6 +67,10 @@ def render(parser: argparse.ArgumentParser) -> str:
             metavar = "" if action.nargs == 0 else f" {action.metavar or action.dest.upper()}"
             lines += [".RS", ".TP", f".B {_esc(flags + metavar)}", _esc(action.help or ""),
                       ".RE"]
+    lines += [".SH EXIT STATUS",
+              _esc("0 on success; 2 for a usage error, an invalid configuration (check-config "
+                   "names the key) or an input that cannot be read; run: 1 when the daemon "
+                   "cannot start. check exits with its verdict: " + CHECK_EXIT_HELP + ".")]
     lines += [".SH CONFIGURATION",
               _esc("A TOML file; every key, its default and meaning. Durations take a unit "
                    "(ms, s, m, h), sizes K, M or G.")]

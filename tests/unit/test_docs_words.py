@@ -68,3 +68,16 @@ def test_the_conformance_gap_note_matches_the_shared_folder() -> None:
     assert ("`dmarc/mailauth-rfc9989/` is no longer in the shared material at all" in flat) \
         is gone
     assert "holds only mailauth's LICENSE:" not in flat or not gone
+
+
+def test_checks_exit_statuses_are_documented_as_the_code_returns_them() -> None:
+    from mailsec_milter.cli import CHECK_EXIT, CHECK_EXIT_HELP
+
+    assert 2 not in CHECK_EXIT.values() and len(set(CHECK_EXIT.values())) == len(CHECK_EXIT)
+    man = render(_parser())
+    exit_section = man.split(".SH EXIT STATUS\n", 1)[1].split(".SH", 1)[0]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for action, status in CHECK_EXIT.items():
+        assert f"{status} {action.value}" in CHECK_EXIT_HELP
+        assert f"{status} {action.value}" in exit_section
+        assert f"**{status}** {action.value}" in readme
