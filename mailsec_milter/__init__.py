@@ -1,4 +1,4 @@
-"""mailsec-milter: inbound mail authentication (SPF, DKIM, TLS status) as a milter.
+"""mailsec-milter: inbound mail authentication (SPF, DKIM, DMARC, ARC, TLS status) as a milter.
 
 Start at README.md; docs/DESIGN.md maps each module to its job.
 """

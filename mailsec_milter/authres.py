@@ -15,11 +15,11 @@ import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
 
-from .checks.dmarc import DmarcOutcome
-from .checks.spf import SpfIdentity
 from .engine import Analysis
-from .model import AuthResult, Header
+from .model import AuthResult, Header, SpfIdentity
 from .policy import Verdict
 
 # RFC 2045 token characters: printable ASCII minus SPACE, CTLs and tspecials.
@@ -78,63 +78,75 @@ class ResInfo:
 def render(authserv_id: str, results: Sequence[ResInfo], width: int = 78) -> str:
     """The header *value* (without ``Authentication-Results:``), folded to ``width`` columns.
 
-    Each result starts a line of its own (``;`` + LF + TAB); a result longer than a line is
-    folded before a space that is already there, inside a comment or a quoted-string too, so
-    unfolding gives back exactly the unfolded text. Only a single word longer than the width
-    stays on an overlong line. No results at all renders ``id; none`` (RFC 8601 §2.2).
+    Every continuation line starts with one TAB, as Postfix folds its own headers: each result
+    starts a line of its own, and a result longer than a line is folded at a space between
+    words or inside a comment, that space becoming the line break and the TAB (folding white
+    space either way, RFC 5322 §3.2.2). A quoted-string is never folded: white space inside
+    one is part of the value, so a long quoted value with spaces (rare: an odd local part) may
+    leave a line longer than ``width``, as does a single word longer than the width.
+    Replacing every LF + TAB by a space gives back the one-line text. No results at all
+    renders ``id; none`` (RFC 8601 §2.2).
     """
     head = quote_value(authserv_id, address=False)
     if not results:
         return f"{head}; none"
-    logical = [f"{head};"]
+    lines = [f"{head};"]
     for position, res in enumerate(results):
         last = position == len(results) - 1
-        logical.append(" ".join(res.render_parts()) + ("" if last else ";"))
-    first = len(HEADER_NAME) + 2  # "Authentication-Results: " precedes the value
-    lines = ["\n".join(_fold(logical[0], width - first, width))]
-    lines += ["\n".join(_fold(text, width - 1, width)) for text in logical[1:]]  # after a TAB
+        text = " ".join(res.render_parts()) + ("" if last else ";")
+        lines += _fold(text, width - 1)  # each line after the TAB
     return "\n\t".join(lines)
 
 
-def _fold(text: str, first_limit: int, limit: int) -> list[str]:
-    """Split ``text`` before spaces so each piece fits its limit where a space allows it.
+def _fold(text: str, limit: int) -> list[str]:
+    """Split ``text`` at folding points so each piece fits ``limit`` where one allows it.
 
-    Every piece after the first starts with the space it was split before, followed by a
-    non-space: no line is white space only, and removing the line breaks restores ``text``.
+    The space at each split is dropped (the caller joins the pieces with LF + TAB), so no
+    piece is empty or white space only.
     """
-    if len(text) <= first_limit:  # the common case: nothing to fold
+    if len(text) <= limit:  # the common case: nothing to fold
         return [text]
-    spaces = (m.start() for m in _SPACE.finditer(text, 1, len(text) - 1))
-    breaks = [i for i in spaces if _can_break(text, i)]
+    breaks = _folding_points(text)
     pieces: list[str] = []
-    start, room = 0, first_limit
-    while len(text) - start > room:
-        # the last break within reach (after the piece's first character), else the first
-        # one beyond it; ``breaks`` is sorted
-        after = bisect.bisect_right(breaks, start + room)
-        if after and breaks[after - 1] > start + 1:
+    start = 0
+    while len(text) - start > limit:
+        # the last folding point within reach, else the first one beyond it; sorted
+        after = bisect.bisect_right(breaks, start + limit)
+        if after and breaks[after - 1] > start:
             cut = breaks[after - 1]
         elif after < len(breaks):
             cut = breaks[after]
         else:
             break
         pieces.append(text[start:cut])
-        start, room = cut, limit
+        start = cut + 1
     pieces.append(text[start:])
     return pieces
 
 
-_SPACE = re.compile(" ")
-
-
-def _can_break(text: str, i: int) -> bool:
-    """A space that starts folding white space: not escaped, and followed by a non-space."""
-    if text[i] != " " or text[i + 1] == " ":
-        return False
-    j = i
-    while j > 0 and text[j - 1] == "\\":
-        j -= 1
-    return (i - j) % 2 == 0
+def _folding_points(text: str) -> list[int]:
+    """Indices of the spaces that may become a line break: outside quoted-strings (there the
+    space is part of the value), not escaped by a quoted-pair, and followed by a non-space
+    (so that no line starts with white space after its TAB, or is white space only)."""
+    points: list[int] = []
+    quoted, depth, i = False, 0, 0
+    while i < len(text):
+        char = text[i]
+        if (quoted or depth) and char == "\\":
+            i += 2  # a quoted-pair: the next character is data
+            continue
+        if quoted:
+            quoted = char != '"'
+        elif char == '"' and not depth:
+            quoted = True
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif char == " " and 0 < i < len(text) - 1 and text[i + 1] != " ":
+            points.append(i)
+        i += 1
+    return points
 
 
 def extract_authserv_id(value: str) -> str | None:
@@ -256,7 +268,23 @@ def results_for(analysis: Analysis, verdict: Verdict | None = None) -> list[ResI
     return results
 
 
-def _dmarc_result(dmarc: DmarcOutcome, verdict: Verdict | None) -> ResInfo:
+class DmarcFacts(Protocol):
+    """What the renderer reads of a DMARC outcome (``checks.dmarc.DmarcOutcome`` has it): the
+    renderer depends on the model's words, not on the checks' modules."""
+
+    @property
+    def result(self) -> AuthResult: ...
+    @property
+    def header_from(self) -> str: ...
+    @property
+    def policy(self) -> StrEnum | None: ...
+    @property
+    def testing(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def _dmarc_result(dmarc: DmarcFacts, verdict: Verdict | None) -> ResInfo:
     """``dmarc=`` with the published policy and the evaluated and applied dispositions.
 
     Property names: ``policy.published-domain-policy``, ``policy.evaluated-disposition``,

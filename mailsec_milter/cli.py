@@ -7,8 +7,12 @@ runs a message through the very same engine, policy and renderer as the milter.
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import logging
+import os
+import pwd
+import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .authres import render, results_for
+from .authres import forged_indices, render, results_for
 from .config import (
     ConfigError,
     Settings,
+    config_warnings,
     load_settings,
     render_defaults_markdown,
     render_defaults_toml,
@@ -28,13 +33,20 @@ from .config import (
 from .dns import CachingResolver, Resolver, ResolverSettings, StaticResolver
 from .engine import Engine
 from .model import Envelope, MessageSnapshot, TlsInfo, normalise_ip, parse_message
-from .policy import decide
+from .policy import Action, decide, explain_identities
+
+# ``check``'s exit status, one per verdict; 2 stays argparse's (and our) usage/input error and
+# 1 Python's status for a crash, so a script can tell a verdict from a failure to decide.
+CHECK_EXIT = {Action.ACCEPT: 0, Action.QUARANTINE: 3, Action.REJECT: 4, Action.TEMPFAIL: 5}
+CHECK_EXIT_HELP = ("0 accept, 3 quarantine, 4 reject, 5 tempfail (the verdict after dry_run: "
+                   "a dry run accepts); 2 for a usage, configuration or input error")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailsec-milter",
-        description="Inbound mail-authentication milter (SPF, DKIM, TLS; one A-R header).")
+        description="Inbound mail-authentication milter (SPF, DKIM, DMARC, ARC, TLS; one "
+                    "Authentication-Results header and a verdict).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the milter in the foreground, logging to stderr",
@@ -46,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="run one message offline through the same engine",
                            description="Run one message through the same engine, policy and "
                            "renderer as the daemon and print the Authentication-Results header "
-                           "it would add and the verdict.")
+                           "it would add, what each identity gave, how many forged "
+                           "Authentication-Results headers it would remove, and the verdict. "
+                           "Exit status: " + CHECK_EXIT_HELP + ".")
     check.add_argument("--config")
     check.add_argument("--client-ip", required=True)
     check.add_argument("--helo", required=True)
@@ -56,7 +70,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="the TLS session the MTA would report, "
                             "e.g. TLSv1.3:TLS_AES_256_GCM_SHA384:256")
     check.add_argument("--sasl-user", help="SASL login the MTA would report ({auth_authen})")
-    check.add_argument("--zone", help="answer DNS from this zone file instead of the network")
+    check.add_argument("--zone", metavar="FILE",
+                       help="answer DNS from this zone file instead of the network: an "
+                            "ordinary BIND zone file ($ORIGIN, $TTL, relative names, @, "
+                            "multi-string TXT), or one record a line with absolute names "
+                            "(name [ttl] [IN] type data; the data TIMEOUT, SERVFAIL, REFUSED, "
+                            "NXDOMAIN or NODATA makes that lookup end so); names not in the "
+                            "file do not exist")
+    check.add_argument("--origin", metavar="DOMAIN",
+                       help="origin of the --zone file's relative names before any $ORIGIN "
+                            "line (as named.conf's zone name gives it)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("message", help="the message file (.eml)")
 
@@ -83,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "check-config":
-            load_settings(args.path)
+            settings = load_settings(args.path)
+            for warning in config_warnings(settings) + account_warnings(settings, args.path):
+                print(f"mailsec-milter: warning: {warning}", file=sys.stderr)
             print(f"{args.path}: OK")
             return 0
         if args.command == "print-defaults":
@@ -145,6 +170,36 @@ def _run(args: argparse.Namespace) -> int:
     return run(settings, args.config, args.user)
 
 
+def account_warnings(settings: Settings, path: str) -> list[str]:
+    """What ``check-config`` can tell about ``[milter] user`` that the file alone cannot: the
+    account exists, and it can read this file (the daemon re-reads it on reload as that user,
+    with its primary group only)."""
+    if not settings.user:
+        return []
+    try:
+        entry = pwd.getpwnam(settings.user)
+    except KeyError:
+        return [f"[milter] user {settings.user!r} does not exist: the daemon will refuse to "
+                "start as root (create it, e.g. useradd --system --no-create-home "
+                f"{settings.user})"]
+    mode = os.stat(path)
+    if entry.pw_uid == mode.st_uid:
+        readable = bool(mode.st_mode & stat.S_IRUSR)
+    elif entry.pw_gid == mode.st_gid:
+        readable = bool(mode.st_mode & stat.S_IRGRP)
+    else:
+        readable = bool(mode.st_mode & stat.S_IROTH)
+    if entry.pw_uid == 0 or readable:
+        return []
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = str(entry.pw_gid)
+    return [f"{path} is not readable by [milter] user {settings.user!r}: every reload "
+            "(SIGHUP) would fail; make it readable by that user, e.g. chgrp "
+            f"{group} {path} && chmod 640 {path}"]
+
+
 def _tls_from_arg(text: str | None) -> TlsInfo:
     if not text:
         return TlsInfo()
@@ -168,9 +223,13 @@ def _check(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     resolver: Resolver
+    if args.origin and not args.zone:
+        print("mailsec-milter: --origin needs --zone", file=sys.stderr)
+        return 2
     if args.zone:
         try:
-            resolver = StaticResolver.from_zone_text(Path(args.zone).read_text())
+            resolver = StaticResolver.from_zone_file(Path(args.zone).read_text(),
+                                                     args.origin, args.zone)
         except (OSError, ValueError) as exc:
             print(f"mailsec-milter: --zone {args.zone}: {exc}", file=sys.stderr)
             return 2
@@ -185,20 +244,28 @@ def _check(args: argparse.Namespace) -> int:
         analysis = engine.analyse(MessageSnapshot(envelope, headers, body))
     verdict = decide(analysis, envelope, settings)
     header = render(settings.authserv_id, results_for(analysis, verdict))
+    forged = len(forged_indices(headers, settings.authserv_id,
+                                settings.remove_subdomain_authserv_ids))
+    identities = explain_identities(analysis)
     if args.json:
         print(json.dumps({
             "authentication_results": header,
+            "identities": identities,
+            "forged_ar_removed": forged,
+            "exit_status": CHECK_EXIT[verdict.action],
             "verdict": _jsonable(asdict(verdict)),
             "results": _jsonable(asdict(analysis)),
         }, indent=2))
     else:
         print(f"Authentication-Results: {header}")
+        print(f"identities: {identities}")
+        print(f"forged Authentication-Results removed: {forged}")
         print(f"verdict: {verdict.action.value} (reason: {verdict.reason.value})"
               + (f" {verdict.reply.code} {verdict.reply.status} {verdict.reply.text}"
                  if verdict.reply else "")
               + (f" [dry run: would {verdict.dry_run_action.value}]"
                  if verdict.dry_run_action else ""))
-    return 0
+    return CHECK_EXIT[verdict.action]
 
 
 def _network_resolver(settings: Settings) -> CachingResolver:

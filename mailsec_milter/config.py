@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import socket
 import string
@@ -520,17 +521,63 @@ def _hint(name: str, options: set[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def load_settings(path: str | Path | None) -> Settings:
-    """Read a TOML file (or the embedded defaults when ``path`` is None)."""
-    if path is None:
-        return Settings.defaults()
+def read_config_file(path: str | Path) -> str:
+    """The file's text, or a ConfigError that says what to do: a file only root can read
+    cannot be re-read on SIGHUP by the daemon, which runs as ``[milter] user`` by then."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read {path}: permission denied for {_effective_user()}; the "
+            "configuration file must be readable by the [milter] user, as which the daemon "
+            "re-reads it on reload (e.g. owner root, group that user's group, mode 0640)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    return settings_from_toml(text, str(path))
+
+
+def _effective_user() -> str:
+    import pwd  # POSIX only, like the daemon; the name is for the message alone
+
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read a TOML file (or the embedded defaults when ``path`` is None)."""
+    if path is None:
+        return Settings.defaults()
+    return settings_from_toml(read_config_file(path), str(path))
+
+
+# Postfix's default milter_content_timeout: a longer end-of-message wait makes Postfix give up
+# on the milter first (and apply milter_default_action) instead of our own deadline deciding.
+POSTFIX_MILTER_CONTENT_TIMEOUT = 300.0
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that are valid but probably a mistake; logged at start and printed by
+    ``check-config``, never refused (the operator may know better)."""
+    warnings: list[str] = []
+    authserv_id = settings.authserv_id.strip().rstrip(".")
+    if authserv_id.lower() == "localhost" or "." not in authserv_id:
+        warnings.append(
+            f"[milter] authserv_id is {settings.authserv_id!r}, not a fully-qualified host "
+            "name (an empty authserv_id takes this host's name): set it to this MX's name, "
+            "e.g. \"mx.example.org\"; downstream filters trust our header by that id, and any "
+            "incoming header that claims it is removed")
+    if settings.message_deadline >= POSTFIX_MILTER_CONTENT_TIMEOUT:
+        warnings.append(
+            f"[milter] message_deadline = {settings.message_deadline:g}s is at or above "
+            f"Postfix's default milter_content_timeout ({POSTFIX_MILTER_CONTENT_TIMEOUT:g}s): "
+            "Postfix would give up on the milter first and apply milter_default_action; keep "
+            "it well below (the default is 20s)")
+    return warnings
 
 
 def settings_from_toml(text: str, origin: str = "<config>",
@@ -553,6 +600,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
+        if not value:
+            return "{}"  # not "{  }": an empty inline table is written as TOML's own examples do
         return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}"
                                 for k, v in value.items()) + " }"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -32,7 +32,7 @@ from pathlib import Path
 from prometheus_client import disable_created_metrics
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, config_warnings, load_settings, read_config_file
 from .metrics import aggregate_exposition
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
@@ -204,7 +204,21 @@ class Worker:
 
 
 def read_config_text(path: str | None) -> str:
-    return "" if path is None else Path(path).read_text(encoding="utf-8")
+    return "" if path is None else read_config_file(path)
+
+
+def config_unreadable_warning(path: str | None) -> str | None:
+    """Checked once privileges are dropped: a file this process can no longer read makes
+    every later reload fail, which is better said at start than at the first SIGHUP."""
+    if path is None or os.access(path, os.R_OK):
+        return None
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = str(os.geteuid())
+    return (f"{path} is not readable by user {name!r}, as which this daemon now runs: every "
+            "reload (SIGHUP) will fail; make it readable by the [milter] user (e.g. owner root, "
+            "group that user's group, mode 0640)")
 
 
 class Supervisor:
@@ -251,6 +265,9 @@ class Supervisor:
         except (PrivilegeError, OSError) as exc:
             log.error("%s", exc)
             return 1
+        unreadable = config_unreadable_warning(self.config_path)
+        if unreadable:
+            log.warning("%s", unreadable)
         where = "fd:3 (systemd)" if activated is not None else self.settings.socket
         if not self.start_generation(self.config_text, self.settings):
             log.error("workers did not start; giving up")
@@ -443,6 +460,8 @@ class Supervisor:
         self.config_text = text
         if problems:
             log.warning("reloaded, but %s only change on restart", ", ".join(problems))
+        for warning in config_warnings(settings):
+            log.warning("%s", warning)
         log.info("configuration reloaded from %s", self.config_path or "embedded defaults")
         sd_notify("READY=1\nSTATUS=configuration reloaded")
         return True
@@ -522,4 +541,6 @@ RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen
 def run(settings: Settings, config_path: str | None = None,
         user_override: str | None = None) -> int:
     """Run the milter in the foreground until SIGTERM/SIGINT; return the exit status."""
+    for warning in config_warnings(settings):
+        log.warning("%s", warning)
     return Supervisor(settings, config_path, user_override).run()

@@ -1,7 +1,8 @@
 """The resolver seam: every DNS lookup of every check goes through here.
 
 Owns: talking to nameservers (dnspython with explicit servers, never search domains), mapping
-every failure to data (answer / nxdomain / nodata / timeout / servfail), a TTL-bounded cache that
+every failure to data (answer / nxdomain / nodata / timeout / servfail / refused), a TTL-bounded
+cache that
 also keeps negative answers, de-duplication of lookups already in flight (so a prefetch started
 at MAIL FROM is reused at end of message), and per-message deadlines.
 Must not: interpret records (SPF, DKIM and DMARC parsing live in checks/), log, or touch metrics
@@ -11,6 +12,7 @@ other than through the injected observer.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard, cast
 
 import dns.exception
 import dns.flags
@@ -37,17 +39,22 @@ SUPPORTED_TYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"})
 
 
 class DnsOutcome(StrEnum):
-    """How a lookup ended; TIMEOUT and SERVFAIL are the temporary errors."""
+    """How a lookup ended; TIMEOUT, SERVFAIL and REFUSED are the temporary errors.
+
+    REFUSED is its own word (every server answered REFUSED: usually a resolver that does not
+    serve this host, an ACL to fix, not a failing zone) but the checks treat it as SERVFAIL.
+    """
 
     ANSWER = "answer"
     NXDOMAIN = "nxdomain"
     NODATA = "nodata"
     TIMEOUT = "timeout"
     SERVFAIL = "servfail"
+    REFUSED = "refused"
 
     @property
     def is_temporary(self) -> bool:
-        return self in (DnsOutcome.TIMEOUT, DnsOutcome.SERVFAIL)
+        return self in (DnsOutcome.TIMEOUT, DnsOutcome.SERVFAIL, DnsOutcome.REFUSED)
 
 
 @dataclass(frozen=True)
@@ -373,7 +380,9 @@ class _DnspythonBackend:
             return DnsResult(name, rdtype, DnsOutcome.NXDOMAIN, ttl=_negative_ttl(exc))
         except (dns.resolver.LifetimeTimeout, dns.exception.Timeout):
             return DnsResult(name, rdtype, DnsOutcome.TIMEOUT)
-        except (dns.resolver.NoNameservers, dns.resolver.YXDOMAIN):
+        except dns.resolver.NoNameservers as exc:
+            return DnsResult(name, rdtype, _no_nameservers_outcome(exc))
+        except dns.resolver.YXDOMAIN:
             return DnsResult(name, rdtype, DnsOutcome.SERVFAIL)
         except dns.exception.DNSException:
             return DnsResult(name, rdtype, DnsOutcome.SERVFAIL)
@@ -393,6 +402,17 @@ class _DnspythonBackend:
         # The smallest TTL along a CNAME chain bounds how long the answer may be kept.
         ttl = min(int(answer.rrset.ttl), int(answer.chaining_result.minimum_ttl))
         return DnsResult(name, rdtype, DnsOutcome.ANSWER, tuple(records), ttl)
+
+
+def _no_nameservers_outcome(exc: dns.resolver.NoNameservers) -> DnsOutcome:
+    """REFUSED when every server that was tried answered REFUSED, else SERVFAIL.
+
+    dnspython records each server's failure as ``(server, tcp, port, error, response)``, the
+    error being the rcode's text for a server that answered with an error rcode.
+    """
+    errors = exc.kwargs.get("errors") or []
+    refused = [error for error in errors if len(error) > 3 and str(error[3]) == "REFUSED"]
+    return DnsOutcome.REFUSED if errors and len(refused) == len(errors) else DnsOutcome.SERVFAIL
 
 
 def _soa_minimum(response: dns.message.Message | None) -> int:
@@ -423,7 +443,9 @@ class StaticResolver:
         example.com.       A    192.0.2.1
         example.com.       MX   10 mx.example.com.
         slow.example.      TXT  TIMEOUT      ; the lookup times out
-        broken.example.    TXT  SERVFAIL     ; the server fails
+        broken.example.    TXT  SERVFAIL     ; the server fails (also REFUSED, NXDOMAIN, NODATA)
+
+    ``from_zone_file`` also reads ordinary BIND zone files (``parse_zone_file``).
 
     Names without records of the asked type but with other records give NODATA; unknown names
     give NXDOMAIN. CNAMEs are followed for other types, as a recursive resolver does (a loop or
@@ -442,6 +464,11 @@ class StaticResolver:
     @classmethod
     def from_zone_text(cls, text: str) -> StaticResolver:
         return cls(parse_zone_text(text))
+
+    @classmethod
+    def from_zone_file(cls, text: str, origin: str | None = None,
+                       source: str = "<zone>") -> StaticResolver:
+        return cls(parse_zone_file(text, origin, source))
 
     def _add(self, result: DnsResult) -> None:
         key = (normalise_name(result.name), result.rdtype.upper())
@@ -511,6 +538,111 @@ def parse_zone_text(text: str) -> list[DnsResult]:
     return results
 
 
+# Lines only a BIND zone file has: a $ directive, or "@" for the origin.
+_BIND_ONLY = re.compile(r"^(?:\$[A-Za-z]|@\s)", re.M)
+# Stands in for "no origin given": a name made absolute under it was relative in the file.
+_NO_ORIGIN = dns.name.from_text("origin-not-set.invalid.")
+
+
+def parse_zone_file(text: str, origin: str | None = None,
+                    source: str = "<zone>") -> list[DnsResult]:
+    """Read ``check --zone``'s file: the one-line format above, or an ordinary BIND zone file.
+
+    A file with no ``$`` directive and no ``@`` that the one-line parser takes (absolute names,
+    one record a line, the TIMEOUT/SERVFAIL/... outcome words) is read as before; anything
+    else, or a one-label owner name, is read by dnspython as RFC 1035 master-file text:
+    ``$ORIGIN``, ``$TTL``, relative names, ``@``, parentheses, multi-string TXT. ``origin`` is
+    the origin before any ``$ORIGIN`` line; without either, a relative name is an error rather
+    than a silent name under the root.
+    Records of types we never ask for (SOA, NS, ...) only make their names exist. Raises
+    ValueError naming the line.
+    """
+    one_line_error: ValueError | None = None
+    if origin is None and not _BIND_ONLY.search(text):
+        try:
+            results = parse_zone_text(text)
+        except ValueError as exc:
+            one_line_error = exc
+        else:
+            # a one-label owner ("mail", "_dmarc") is a relative BIND name, never a real TLD
+            if all("." in result.name for result in results):
+                return results
+    try:
+        return _parse_bind_zone(text, origin, source)
+    except ValueError as exc:
+        if one_line_error is not None and "origin" not in str(exc):
+            raise ValueError(f"{exc} (read as a BIND zone file; as the one-line format: "
+                             f"{one_line_error})") from None
+        raise
+
+
+class _ZoneCollector:
+    """The part of a dnspython transaction its zone-file ``Reader`` uses, keeping every record.
+
+    A real transaction refuses an SOA anywhere but at its one origin, and the reader silently
+    drops names outside that origin; a ``check --zone`` file may hold several zones' records.
+    """
+
+    def __init__(self) -> None:
+        self.manager = self
+        self.rdatas: dict[tuple[dns.name.Name, int], tuple[int, list[Any]]] = {}
+
+    def origin_information(self) -> tuple[dns.name.Name, bool, dns.name.Name]:
+        return dns.name.root, False, dns.name.root  # every name is inside the root
+
+    def check_put_rdataset(self, check: object) -> None:
+        return None
+
+    def add(self, name: dns.name.Name, ttl: int, rdata: Any) -> None:
+        key = (name, int(rdata.rdtype))
+        old_ttl, rdatas = self.rdatas.get(key, (ttl, []))
+        rdatas.append(rdata)
+        self.rdatas[key] = (min(old_ttl, ttl), rdatas)
+
+    def _set_origin(self, origin: dns.name.Name) -> None:
+        return None
+
+    def add_unicode(self, value: str) -> None:
+        return None
+
+
+def _parse_bind_zone(text: str, origin: str | None, source: str) -> list[DnsResult]:
+    import dns.rdataclass
+    import dns.tokenizer
+    import dns.zonefile
+
+    collector = _ZoneCollector()
+    try:
+        start = dns.name.from_text(origin, dns.name.root) if origin else _NO_ORIGIN
+        reader = dns.zonefile.Reader(dns.tokenizer.Tokenizer(text, source), dns.rdataclass.IN,
+                                     cast(Any, collector), allow_include=False)
+        # What relative names and "@" hang from until a $ORIGIN line changes it.
+        reader.current_origin = reader.last_name = start
+        reader.read()
+    except dns.exception.DNSException as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    results: list[DnsResult] = []
+    for (owner, rdtype_code), (ttl, rdatas) in collector.rdatas.items():
+        if owner.is_subdomain(_NO_ORIGIN):
+            relative = owner.relativize(_NO_ORIGIN).to_text()
+            raise ValueError(f"{source}: the relative name {relative!r} needs an $ORIGIN line "
+                             "or --origin")
+        rdtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype_code))
+        records: list[Record] = []
+        for rdata in rdatas:
+            if rdtype in ("A", "AAAA"):
+                records.append(str(rdata.address))
+            elif rdtype == "MX":
+                records.append((int(rdata.preference), normalise_name(rdata.exchange.to_text())))
+            elif rdtype in ("PTR", "CNAME"):
+                records.append(normalise_name(rdata.target.to_text()))
+            elif rdtype in ("TXT", "SPF"):
+                records.append(tuple(bytes(part) for part in rdata.strings))
+        results.append(DnsResult(normalise_name(owner.to_text()), rdtype, DnsOutcome.ANSWER,
+                                 tuple(records), ttl))
+    return results
+
+
 def _strip_comment(line: str) -> str:
     out: list[str] = []
     quoted = False
@@ -541,7 +673,7 @@ def _parse_zone_line(line: str) -> DnsResult:
     rdata = parts[1].strip() if len(parts) > 1 else ""
     if rdtype not in SUPPORTED_TYPES:
         raise ValueError(f"unsupported type {rdtype}")
-    if rdata.upper() in ("TIMEOUT", "SERVFAIL", "NXDOMAIN", "NODATA"):
+    if rdata.upper() in ("TIMEOUT", "SERVFAIL", "REFUSED", "NXDOMAIN", "NODATA"):
         return DnsResult(normalise_name(name), rdtype, DnsOutcome(rdata.lower()))
     record: Record
     if rdtype in ("TXT", "SPF"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import __version__
+from .cli import CHECK_EXIT_HELP
 from .config import KEYS, _toml_value
 
 
@@ -17,6 +18,13 @@ def _esc(text: str) -> str:
     """Escape text for roff: backslashes, and a leading dot or quote."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
     return "\\&" + text if text[:1] in (".", "'") else text
+
+
+def _macro_arg(text: str) -> str:
+    """Text for a macro line such as ``.B``: there a ``"`` groups arguments and vanishes, so an
+    empty default ``""`` would print nothing and ``.TP`` would pull the description up beside
+    the bare ``=`` as if it were the value; ``\\(dq`` prints the quote itself."""
+    return _esc(text).replace('"', "\\(dq")
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
@@ -30,7 +38,7 @@ def render(parser: argparse.ArgumentParser) -> str:
     lines = [
         f'.TH MAILSEC\\-MILTER 8 "" "mailsec-milter {__version__}" "System Manager\'s Manual"',
         ".SH NAME",
-        "mailsec\\-milter \\- inbound mail authentication milter (SPF, DKIM, DMARC, TLS)",
+        "mailsec\\-milter \\- inbound mail authentication milter (SPF, DKIM, DMARC, ARC, TLS)",
         ".SH SYNOPSIS",
     ]
     commands = _subcommands(parser)
@@ -42,7 +50,8 @@ def render(parser: argparse.ArgumentParser) -> str:
         ".SH DESCRIPTION",
         _esc("mailsec-milter is a milter for Postfix (smtpd_milters) and Sendmail "
              "(INPUT_MAIL_FILTER). For every message it checks SPF (MAIL FROM and HELO), "
-             "every DKIM signature, DMARC for every author domain and the TLS status of the "
+             "every DKIM signature, DMARC for every author domain, the ARC chain and the TLS "
+             "status of the "
              "SMTP session, removes Authentication-Results headers that forge its authserv-id, "
              "inserts one Authentication-Results header of its own, and accepts, quarantines, "
              "rejects or tempfails the message according to the sender's policy and the "
@@ -58,6 +67,10 @@ def render(parser: argparse.ArgumentParser) -> str:
             metavar = "" if action.nargs == 0 else f" {action.metavar or action.dest.upper()}"
             lines += [".RS", ".TP", f".B {_esc(flags + metavar)}", _esc(action.help or ""),
                       ".RE"]
+    lines += [".SH EXIT STATUS",
+              _esc("0 on success; 2 for a usage error, an invalid configuration (check-config "
+                   "names the key) or an input that cannot be read; run: 1 when the daemon "
+                   "cannot start. check exits with its verdict: " + CHECK_EXIT_HELP + ".")]
     lines += [".SH CONFIGURATION",
               _esc("A TOML file; every key, its default and meaning. Durations take a unit "
                    "(ms, s, m, h), sizes K, M or G.")]
@@ -66,7 +79,7 @@ def render(parser: argparse.ArgumentParser) -> str:
         if key.section != section:
             section = key.section
             lines += [".SS", _esc(f"[{section}]")]
-        lines += [".TP", f".B {_esc(key.name)} = {_esc(_toml_value(key.default))}",
+        lines += [".TP", f".B {_esc(key.name)} = {_macro_arg(_toml_value(key.default))}",
                   _esc(f"{key.doc} ({key.type_name})")]
     lines += [
         ".SH SIGNALS",

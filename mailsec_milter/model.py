@@ -25,6 +25,14 @@ class AuthResult(StrEnum):
     POLICY = "policy"
 
 
+class SpfIdentity(StrEnum):
+    """The SPF identity checked (RFC 7208 §2.3, §2.4): it names A-R's ``smtp.helo`` or
+    ``smtp.mailfrom`` property, and DMARC uses only MAIL FROM's."""
+
+    MAILFROM = "mailfrom"
+    HELO = "helo"
+
+
 @functools.lru_cache(maxsize=4096)
 def normalise_ip(address: str) -> str:
     """Return the canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4.

@@ -285,16 +285,31 @@ def _tls_verdict(analysis: Analysis, dmarc: DmarcOutcome | None,
                    detail=f"{required[0]} requires TLS; the session was plaintext")
 
 
-def _failed_identities(analysis: Analysis, dmarc: DmarcOutcome) -> str:
-    """Name what failed, for the reject text: e.g. ``spf=fail (mailfrom evil.example, not
-    aligned), dkim=fail (d=example.com)``."""
+def _failed_identities(analysis: Analysis, dmarc: DmarcOutcome | None) -> str:
+    """Name what was checked, for the reject text and ``check``: e.g. ``spf=fail (mailfrom
+    example.com), dkim=pass (d=list.example, not aligned)``.
+
+    Alignment is said of passes only: DMARC counts an identifier only when it passes and
+    aligns (RFC 9989 §4.4), so a failed SPF for the author's own domain is a fail, never "not
+    aligned", and a DKIM pass for another domain is named as the reason it did not count.
+    """
+    aligned_dkim = {d.lower().rstrip(".") for d in dmarc.dkim_aligned} if dmarc else set()
+
+    def alignment(result: AuthResult, aligned: bool) -> str:
+        if result is not AuthResult.PASS or dmarc is None:
+            return ""
+        return ", aligned" if aligned else ", not aligned"
+
     spf = analysis.spf_mailfrom
-    spf_text = f"spf={spf.result.value} (mailfrom {spf.domain or '-'}"
-    spf_text += ", aligned)" if dmarc.spf_aligned else ", not aligned)"
+    spf_text = (f"spf={spf.result.value} (mailfrom {spf.domain or '-'}"
+                f"{alignment(spf.result, dmarc is not None and dmarc.spf_aligned)})")
     signatures = analysis.dkim.signatures
     if not signatures:
         return f"{spf_text}, dkim=none"
-    dkim_text = ", ".join(f"dkim={s.result.value} (d={s.domain or '-'})" for s in signatures[:3])
+    dkim_text = ", ".join(
+        f"dkim={s.result.value} (d={s.domain or '-'}"
+        f"{alignment(s.result, s.domain.lower().rstrip('.') in aligned_dkim)})"
+        for s in signatures[:3])
     return f"{spf_text}, {dkim_text}"
 
 
@@ -305,3 +320,8 @@ def _fill(reply: Reply, domain: str, failed: str) -> Reply:
 
     return Reply(reply.code, reply.status,
                  reply.text.format(domain=clean(domain), failed=clean(failed)))
+
+
+def explain_identities(analysis: Analysis) -> str:
+    """What ``check`` prints under the header: the words of the reject text's ``{failed}``."""
+    return _failed_identities(analysis, analysis.dmarc)

@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import spf
@@ -23,11 +22,7 @@ import spf
 from ..addresses import normalise_domain
 from ..dns import DnsResult, Lookup
 from ..model import AuthResult, normalise_ip
-
-
-class SpfIdentity(StrEnum):
-    MAILFROM = "mailfrom"
-    HELO = "helo"
+from ..model import SpfIdentity as SpfIdentity  # re-exported: it lives in the model now
 
 
 @dataclass(frozen=True)

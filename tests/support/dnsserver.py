@@ -6,7 +6,8 @@ counts every query it receives (name, type, protocol). Per-name behaviours:
 * records with a TTL (A, AAAA, MX, TXT with several character-strings, PTR, CNAME — CNAMEs
   are followed inside the zone, as an authoritative server does for in-zone targets);
 * NXDOMAIN and NODATA, both with the zone's SOA in the authority section (negative TTL);
-* ``servfail``: RCODE SERVFAIL; ``drop``: never answers (the client times out);
+* ``servfail``: RCODE SERVFAIL; ``refuse``: RCODE REFUSED; ``drop``: never answers (the
+  client times out);
 * ``delay_ms``: answers after a pause (the handler runs on its own thread);
 * ``truncate``: over UDP, an empty answer with the TC bit, the full answer over TCP. Answers
   larger than the UDP payload size (512, or the client's EDNS size) are truncated the same way.
@@ -41,6 +42,7 @@ _MAX_CNAME = 8
 class _Name:
     records: dict[str, list[RR]] = field(default_factory=dict)
     servfail: bool = False
+    refused: bool = False
     drop: bool = False
     truncate: bool = False
     delay_ms: int = 0
@@ -113,6 +115,9 @@ class DnsTestServer:
 
     def servfail(self, name: str) -> None:
         self._entry(name).servfail = True
+
+    def refuse(self, name: str) -> None:
+        self._entry(name).refused = True
 
     def drop(self, name: str) -> None:
         self._entry(name).drop = True
@@ -284,8 +289,8 @@ class DnsTestServer:
             return None
         if entry is not None and entry.delay_ms and self._stop.wait(entry.delay_ms / 1000):
             return None  # stopping: never answer after teardown
-        if entry is not None and entry.servfail:
-            reply.header.rcode = RCODE.SERVFAIL
+        if entry is not None and (entry.servfail or entry.refused):
+            reply.header.rcode = RCODE.SERVFAIL if entry.servfail else RCODE.REFUSED
             return bytes(reply.pack())
         self._fill(reply, qname, rdtype)
         packed = bytes(reply.pack())

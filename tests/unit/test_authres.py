@@ -36,7 +36,7 @@ from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome, check_tls
 from mailsec_milter.engine import Analysis
 from mailsec_milter.model import AuthResult, Header, TlsInfo
-from tests.support.arshape import mask
+from tests.support.arshape import assert_evenly_indented, mask
 
 OURS = "mx.example.com"
 PREFIX = "Authentication-Results: "
@@ -62,6 +62,7 @@ def assert_one_safe_header(value: str, results: int) -> None:
     for line in value.split("\n")[1:]:
         assert line[:1] in (" ", "\t"), f"line break that is not folding: {value!r}"
         assert line.strip(), "a folded line must not be white space only"
+    assert_evenly_indented(value)
     lines = (PREFIX + value).split("\n")
     assert not any(line.lstrip().lower().startswith("x-injected") for line in lines)
     masked = mask(value)
@@ -69,12 +70,20 @@ def assert_one_safe_header(value: str, results: int) -> None:
 
 
 def assert_folded_within(value: str, width: int = 78) -> None:
-    """Every physical line fits, unless it holds no place where it could have been folded."""
+    """Every physical line fits, unless it holds no place where it could have been folded: a
+    space followed by a non-space, outside quoted-strings and quoted-pairs."""
+    masked = mask(PREFIX + value, comments=False).split("\n")
     for number, line in enumerate((PREFIX + value).split("\n")):
         if len(line) <= width:
             continue
-        body = line if number == 0 else line[1:]
-        assert not re.search(r"(?:^|[^\\])(?:\\\\)* \S", body), f"foldable long line {line!r}"
+        # the MTA writes the field name and ": "; our value starts after them
+        body = masked[number][len(PREFIX):] if number == 0 else masked[number][1:]
+        assert not re.search(r". \S", body), f"foldable long line {line!r}"
+
+
+def unfold(value: str) -> str:
+    """The one-line text: every fold is a space that became LF + TAB."""
+    return value.replace("\n\t", " ")
 
 
 def parsed_entries(value: str) -> list[tuple[str, str, str | None, list[tuple[str, str]]]]:
@@ -322,11 +331,22 @@ def test_unfolding_gives_back_the_unfolded_text() -> None:
     results = [ResInfo("x-test", "pass", long_comment, (("smtp.x", quoted),))]
     value = render(OURS, results)
     assert_folded_within(value)
-    assert max(len(line) for line in (PREFIX + value).split("\n")) <= 78
-    unfolded = value.replace("\n", "")
-    assert f"({long_comment})" in unfolded
-    assert f'smtp.x="{quoted}"' in unfolded
+    assert_evenly_indented(value)
+    assert unfold(value) == f"{OURS}; x-test=pass ({long_comment}) smtp.x=\"{quoted}\""
+    # the comment folds; the quoted-string does not (its spaces are part of the value)
+    assert f'smtp.x="{quoted}"' in value.split("\n")[-1]
+    assert all(len(line) <= 78 for line in (PREFIX + value).split("\n")[:-1])
     assert parsed_entries(value) == [("x-test", "pass", None, [("smtp.x", quoted)])]
+
+
+def test_every_continuation_line_is_indented_the_same() -> None:
+    """Issue 13: results started with LF + TAB but folds inside a result with LF + space, so a
+    long DKIM or DMARC entry's second line sat left of the others."""
+    results = results_for(realistic_analysis())
+    value = render(OURS, results)
+    assert any(len(line) > 70 for line in unfold(value).split("; ")), "nothing to fold"
+    assert value.count("\n") > len(results), "no result was folded"
+    assert_evenly_indented(value)
 
 
 def test_a_single_long_word_stays_whole() -> None:
@@ -494,15 +514,26 @@ def test_an_escaped_space_is_never_a_folding_point() -> None:
     from mailsec_milter.authres import _fold
 
     text = "(" + "y" * 70 + "\\ " + "z" * 10 + " w)"  # the only space within 78 is escaped
-    pieces = _fold(text, 78, 78)
-    assert "".join(pieces) == text
+    pieces = _fold(text, 78)
+    assert " ".join(pieces) == text
     assert all(not piece.endswith("\\") for piece in pieces[:-1])
-    assert pieces == ["(" + "y" * 70 + "\\ " + "z" * 10, " w)"]
+    assert pieces == ["(" + "y" * 70 + "\\ " + "z" * 10, "w)"]
 
 
-def test_a_long_authserv_id_line_counts_the_field_name() -> None:
+def test_a_space_inside_a_quoted_string_is_never_a_folding_point() -> None:
+    from mailsec_milter.authres import _fold
+
+    text = 'smtp.mailfrom="' + "a " * 50 + '"@example.com (' + "c " * 30 + "end)"
+    pieces = _fold(text, 40)
+    assert " ".join(pieces) == text
+    assert pieces[0] == 'smtp.mailfrom="' + "a " * 50 + '"@example.com'
+    assert all(len(piece) <= 40 for piece in pieces[1:])
+
+
+def test_a_long_quoted_authserv_id_stays_whole_on_the_first_line() -> None:
     authserv_id = " ".join(["relay"] * 20)  # odd, but it is configuration: still a legal value
     value = render(authserv_id, [ResInfo("spf", "pass")])
     assert_folded_within(value)
-    assert extract_authserv_id(value.replace("\n", "")) == authserv_id
+    assert value.split("\n")[0] == f'"{authserv_id}";'  # its spaces are part of the value
+    assert extract_authserv_id(unfold(value)) == authserv_id
     # (authres 1.2.0 reads only a dot-atom authserv-id, not RFC 8601's quoted-string form)

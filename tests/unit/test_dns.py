@@ -72,7 +72,7 @@ def test_zone_types_and_normalisation() -> None:
     ]
 
 
-@pytest.mark.parametrize("word", ["TIMEOUT", "SERVFAIL", "NXDOMAIN", "NODATA"])
+@pytest.mark.parametrize("word", ["TIMEOUT", "SERVFAIL", "REFUSED", "NXDOMAIN", "NODATA"])
 def test_zone_outcome_lines(word: str) -> None:
     (result,) = parse_zone_text(f"slow.test. TXT {word}")
     assert result.outcome is DnsOutcome(word.lower())
@@ -307,6 +307,27 @@ def test_negative_and_error_outcomes(server: DnsTestServer, make_resolver: MakeR
     assert resolver.query("broken.test", "TXT").outcome is DnsOutcome.SERVFAIL
     assert resolver.query("silent.test", "TXT").outcome is DnsOutcome.TIMEOUT
     assert server.count("silent.test") >= 1  # it did ask: the timeout is the server's silence
+
+
+def test_refused_is_reported_as_refused_and_is_temporary(
+        server: DnsTestServer, make_resolver: MakeResolver) -> None:
+    """REFUSED (a resolver ACL, not a failing zone) is named so in logs and metrics; the checks
+    treat it as any temporary error."""
+    server.refuse("acl.test")
+    server.servfail("broken.test")
+    resolver = make_resolver(timeout=0.5)
+    refused = resolver.query("acl.test", "TXT")
+    assert refused.outcome is DnsOutcome.REFUSED and refused.outcome.is_temporary
+    assert resolver.query("broken.test", "TXT").outcome is DnsOutcome.SERVFAIL
+
+
+def test_a_refusing_server_beside_a_failing_one_is_servfail(make_resolver: MakeResolver) -> None:
+    with DnsTestServer() as refusing, DnsTestServer() as failing:
+        refusing.refuse("mixed.test")
+        failing.servfail("mixed.test")
+        resolver = make_resolver(nameservers=(refusing.nameserver, failing.nameserver),
+                                 timeout=0.5)
+        assert resolver.query("mixed.test", "TXT").outcome is DnsOutcome.SERVFAIL
 
 
 def test_truncated_udp_answer_falls_back_to_tcp(

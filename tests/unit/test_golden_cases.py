@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from mailsec_milter.cli import main
+from mailsec_milter.cli import CHECK_EXIT, main
+from mailsec_milter.policy import Action
 from tests.support.milterproc import render_toml
 
 CASES = Path(__file__).resolve().parents[1] / "golden" / "cases"
@@ -44,8 +45,10 @@ def run_check(case: Path, tmp_path: Path) -> dict[str, Any]:
         argv += ["--sasl-user", envelope["sasl_user"]]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
+        status = main(argv)
     result: dict[str, Any] = json.loads(out.getvalue())
+    # the exit status names the verdict (0 accept, 3 quarantine, 4 reject, 5 tempfail)
+    assert status == result["exit_status"] == CHECK_EXIT[Action(result["verdict"]["action"])]
     return result
 
 
