@@ -10,7 +10,7 @@ resolver report here).
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other", "plaintext")
 DNS_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "CNAME", "other")
 DNS_OUTCOMES = tuple(o.value for o in DnsOutcome)
 CHECKS = ("spf", "spf_helo", "dkim", "dmarc", "arc", "tls")
+REPORT_DROP_REASONS = ("queue_full", "store_down", "store_error", "shutdown")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,20 @@ class Metrics:
         self.check_errors = Counter(
             "mailsec_check_errors", "Checks that crashed (their result became temperror).",
             ["check"], registry=r)
+        self.report_records = Counter(
+            "mailsec_report_records",
+            "Aggregate-report records written to the report store.", registry=r)
+        self.report_dropped = Counter(
+            "mailsec_report_records_dropped",
+            "Aggregate-report records dropped (mail was not affected), by reason.",
+            ["reason"], registry=r)
+        self.report_queue = Gauge(
+            "mailsec_report_queue_depth",
+            "Aggregate-report records waiting for the store.", registry=r)
+        self.report_write_seconds = Histogram(
+            "mailsec_report_store_write_seconds",
+            "Time to write one batch of records to the report store.",
+            buckets=SECONDS_BUCKETS, registry=r)
         self.build_info = Gauge(
             "mailsec_build_info", "Always 1; the labels say what is running.",
             ["version", "python"], registry=r)
@@ -128,6 +143,8 @@ class Metrics:
         for check in CHECKS:
             self.check_seconds.labels(check)
             self.check_errors.labels(check)
+        for drop_reason in REPORT_DROP_REASONS:
+            self.report_dropped.labels(drop_reason)
 
     # --- observations --------------------------------------------------------------------------
     def _child(self, metric: Any, *values: str) -> Any:
@@ -189,6 +206,20 @@ class Metrics:
             self._child(self.check_errors, _closed(error.check, CHECKS)).inc()
         self.message_seconds.observe(seconds)
 
+    # the report recorder's observer (reports/recorder.py) -------------------------------------
+
+    def report_records_written(self, count: int, seconds: float) -> None:
+        self.report_records.inc(count)
+        self.report_write_seconds.observe(seconds)
+
+    def report_records_dropped(self, reason: str, count: int) -> None:
+        self._child(self.report_dropped, _closed(reason, REPORT_DROP_REASONS, "store_error")
+                    ).inc(count)
+
+    def watch_report_queue(self, depth: Callable[[], int]) -> None:
+        """Read the recorder's queue depth at every scrape."""
+        self.report_queue.set_function(lambda: float(depth()))
+
 
 def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
     """Every metric family with its type, labels and help, for docs/METRICS.md."""
@@ -198,7 +229,8 @@ def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
                       metrics.dkim_signatures, metrics.tls, metrics.forged, metrics.dns_queries,
                       metrics.dns_seconds, metrics.check_seconds, metrics.message_seconds,
                       metrics.connections_open, metrics.connections, metrics.check_errors,
-                      metrics.build_info):
+                      metrics.report_records, metrics.report_dropped, metrics.report_queue,
+                      metrics.report_write_seconds, metrics.build_info):
         for family in collector.describe():
             kind = family.type
             name = family.name + ("_total" if kind == "counter" else "")

@@ -30,6 +30,7 @@ from .engine import Analysis, Engine, MessageRun, PendingSpf
 from .metrics import Metrics
 from .model import Envelope, Header, MessageSnapshot, TlsInfo, normalise_ip
 from .policy import Action, Verdict, decide
+from .reports.recorder import Recorder
 
 log = logging.getLogger("mailsec_milter.milter")
 
@@ -51,6 +52,7 @@ class Runtime:
     settings: Settings
     engine: Engine
     metrics: Metrics
+    recorder: Recorder | None = None  # aggregate-report recording, off the reply path
 
 
 class _Shared:
@@ -312,6 +314,8 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         log_message(envelope, analysis, verdict, len(forged))
         state.runtime.metrics.observe_message(analysis, verdict, len(forged),
                                               time.perf_counter() - started)
+        if state.runtime.recorder is not None:  # a queue hand-off: never blocks, never raises
+            state.runtime.recorder.offer(envelope, analysis, verdict)
         if verdict.action is Action.TEMPFAIL:
             return self._reply(verdict.reply or settings.tempfail_reply, TEMPFAIL)
         if verdict.action is Action.REJECT:

@@ -39,7 +39,16 @@ from .config import Settings, settings_from_mapping
 from .dns import CachingResolver, ResolverSettings
 from .engine import Engine
 from .metrics import Metrics
-from .milter import MailsecMilter, Runtime, install_runtime, open_sessions, start_draining
+from .milter import (
+    MailsecMilter,
+    Runtime,
+    current_runtime,
+    install_runtime,
+    open_sessions,
+    start_draining,
+)
+from .reports.recorder import Recorder, RecorderSettings
+from .reports.store import default_store_path
 
 log = logging.getLogger("mailsec_milter.worker")
 
@@ -64,7 +73,8 @@ def die_with_parent() -> None:
         pass
 
 
-def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics) -> Runtime:
+def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics,
+                  recorder: Recorder | None = None) -> Runtime:
     resolver = CachingResolver(ResolverSettings(
         nameservers=settings.nameservers,
         timeout=settings.dns_timeout,
@@ -72,7 +82,28 @@ def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics
         max_ttl=int(settings.dns_max_ttl),
         negative_ttl=int(settings.dns_negative_ttl),
     ), observer=metrics.observe_dns)
-    return Runtime(settings, Engine(settings, resolver, pool), metrics)
+    return Runtime(settings, Engine(settings, resolver, pool), metrics, recorder)
+
+
+def recorder_for(settings: Settings, metrics: Metrics, current: Recorder | None
+                 ) -> Recorder | None:
+    """The report recorder the settings ask for: the running one when nothing it depends on
+    changed (a reload keeps its queue), else a new one (the caller stops the old one)."""
+    if not settings.reports_record:
+        return None
+    wanted = RecorderSettings(settings.reports_store or default_store_path(),
+                              settings.reports_queue_size, int(settings.reports_keep // 86400))
+    if current is not None and current.settings == wanted:
+        return current
+    recorder = Recorder(wanted, observer=metrics).start()
+    metrics.watch_report_queue(lambda: recorder.depth)
+    return recorder
+
+
+def _retire_recorder(old: Recorder | None, new: Recorder | None) -> None:
+    """Flush and close a recorder a reload replaced, off the control thread's path."""
+    if old is not None and old is not new:
+        threading.Thread(target=old.stop, name="report-writer-retire", daemon=True).start()
 
 
 def register_callbacks() -> None:
@@ -135,7 +166,9 @@ def follow_control(control_fd: int, status: IO[str], pool: ThreadPoolExecutor,
                 continue
             text = control.read(int(line.split()[1])).decode("utf-8")
             try:
-                runtime = build_runtime(settings_from_mapping(tomllib.loads(text)), pool, metrics)
+                settings = settings_from_mapping(tomllib.loads(text))
+                recorder = recorder_for(settings, metrics, current_runtime().recorder)
+                runtime = build_runtime(settings, pool, metrics, recorder)
             except Exception as exc:  # validated by the supervisor: this would be a bug
                 log.exception("reload failed in the worker")
                 reply = f"RELOAD-FAILED {type(exc).__name__}\n"
@@ -143,6 +176,7 @@ def follow_control(control_fd: int, status: IO[str], pool: ThreadPoolExecutor,
                 old = install_runtime(runtime)
                 if old is not None:
                     old.engine.resolver.close()
+                    _retire_recorder(old.recorder, recorder)
                 reply = "RELOADED\n"
             try:
                 status.write(reply)
@@ -162,7 +196,8 @@ def run_worker(config_text: str, listen_fd: int, status: IO[str], metrics_enable
     logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
     pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="checks")
     metrics = Metrics()
-    install_runtime(build_runtime(settings, pool, metrics))
+    install_runtime(build_runtime(settings, pool, metrics,
+                                  recorder_for(settings, metrics, None)))
     port = 0
     if metrics_enabled:
         server, _thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
@@ -186,6 +221,9 @@ def run_worker(config_text: str, listen_fd: int, status: IO[str], metrics_enable
         return 1
     finally:
         pool.shutdown(wait=False, cancel_futures=False)
+        recorder = current_runtime().recorder
+        if recorder is not None:
+            recorder.stop()  # flush the queue: graceful stop loses no record
         # The supervisor adds these to its totals, so counters never go backwards when a
         # worker retires (reload, restart after a crash).
         try:
