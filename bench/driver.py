@@ -1,6 +1,6 @@
 """The load driver: SMTP sessions replayed over the milter protocol, as Postfix would send them.
 
-Built on ``mailsec_milter.testing.milterclient`` (negotiation, NO*/NR* flags, coalesced writes,
+Built on ``tests.support.milterclient`` (negotiation, NO*/NR* flags, coalesced writes,
 per-event timings). Per session: negotiate, connect, HELO, then several transactions (MAIL ..
 end of message, ABORT), then QUIT. Macros follow Postfix 3.7: for each stage the list the milter
 asked for in negotiation, else Postfix's default ``milter_*_macros`` list, with the values a
@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 
 from .corpus import AUTHSERV_ID, BenchMessage, SessionSpec, expected_action
 

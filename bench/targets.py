@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 from tests.support.milterproc import MilterProcess, free_tcp_port
 
 from . import REPO

@@ -4,10 +4,14 @@
     .venv/bin/python monitoring/dashboard.py --check   # exit 1 if the committed JSON is stale
     .venv/bin/python monitoring/dashboard.py --stdout  # print it
 
-Every query goes through the ``datasource`` variable (type datasource, Prometheus plugin), is
-scoped by the ``job`` and ``instance`` variables and uses ``$__rate_interval``. Metric and label
-names are the ones in docs/METRICS.md; tests/monitoring evaluates every expression here against a
-real Prometheus scraping the real daemon.
+Every query goes through the ``datasource`` variable (type datasource, Prometheus plugin) and is
+scoped by the ``job`` and ``instance`` variables. Graphs are range queries over
+``$__rate_interval``; stats and the top-N list are instant queries over ``$__range`` (the whole
+selected time range: a ``rate`` over a minute in a stat would show the last minute only, and a
+``topk`` in a range query picks its N per step, so the graph shows more than N series). Event
+rates are per minute, counts whole messages, ratios percent: a small site's 0.01 msg/s is
+unreadable. Metric and label names are the ones in docs/METRICS.md; tests/monitoring evaluates
+every expression here against a real Prometheus scraping the real daemon.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from grafana_foundation_sdk.builders import bargauge, prometheus, stat, timeseries
 from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard as dashboard_builder
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
@@ -33,7 +37,10 @@ DEFAULT_JOB = "mailsec-milter"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SELECTOR = 'job=~"$job", instance=~"$instance"'
 RATE_INTERVAL = "$__rate_interval"
-MSG_RATE = "suffix: msg/s"
+RANGE = "$__range"  # the dashboard's selected time range, for instant queries
+MSG_RATE = "suffix: msg/min"
+MESSAGES = "short"  # a count of messages, shown without decimals
+QUERY_RATE = "suffix: queries/min"
 NOT_ACCEPT = 'verdict!="accept"'
 REJECT = 'verdict="reject"'
 PASS = ', result="pass"'
@@ -49,6 +56,16 @@ def rate(metric: str, matchers: str = "") -> str:
     return f"rate({series(metric, matchers)}[{RATE_INTERVAL}])"
 
 
+def per_minute(expr: str) -> str:
+    """A per-second rate as events per minute (small sites see 0.3/min, not 0.005/s)."""
+    return f"60 * {expr}"
+
+
+def increase(metric: str, matchers: str = "") -> str:
+    """Growth of a counter over the whole selected time range (for instant queries)."""
+    return f"increase({series(metric, matchers)}[{RANGE}])"
+
+
 def quantile(q: float, bucket_metric: str, by: str = "") -> str:
     labels = f"le, {by}" if by else "le"
     return f"histogram_quantile({q}, sum by ({labels}) ({rate(bucket_metric)}))"
@@ -62,18 +79,28 @@ def share_of(metric: str, label: str, matchers: str = "") -> str:
 
 
 def verdict_ratio(verdict: str) -> str:
+    """The verdict's share of all mail over the selected time range."""
     matcher = f"verdict={json.dumps(verdict)}"
-    return (f"sum ({rate('mailsec_messages_total', matcher)})\n"
-            f"  / sum ({rate('mailsec_messages_total')})")
+    return (f"sum ({increase('mailsec_messages_total', matcher)})\n"
+            f"  / sum ({increase('mailsec_messages_total')})")
 
 
-def query(expr: str, legend: str = "__auto", ref: str = "A") -> prometheus.Dataquery:
-    return (prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
-            .datasource(DATASOURCE).range())
+def query(expr: str, legend: str = "__auto", ref: str = "A", *,
+          instant: bool = False) -> prometheus.Dataquery:
+    built = (prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+             .datasource(DATASOURCE))
+    return built.instant() if instant else built.range()
 
 
 def queries(*pairs: tuple[str, str]) -> list[prometheus.Dataquery]:
+    """Range queries (graphs)."""
     return [query(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
+
+
+def instant_queries(*pairs: tuple[str, str]) -> list[prometheus.Dataquery]:
+    """Instant queries at the end of the range (stats, top-N lists)."""
+    return [query(expr, legend, chr(ord("A") + i), instant=True)
+            for i, (expr, legend) in enumerate(pairs)]
 
 
 class Layout:
@@ -111,16 +138,36 @@ def ts(layout: Layout, title: str, description: str, targets: Iterable[prometheu
 def big(layout: Layout, title: str, description: str, targets: Iterable[prometheus.Dataquery],
         *, unit: str, thresholds: list[tuple[float | None, str]] | None = None,
         width: int = 4, height: int = 4) -> stat.Panel:
+    """A stat over the selected time range: one number from an instant query (no sparkline)."""
     steps = [model.Threshold(value=v, color=c)
              for v, c in (thresholds or [(None, "green")])]
-    return (stat.Panel().id(layout.take()).title(title).description(description)
-            .datasource(DATASOURCE).targets(list(targets)).unit(unit)
+    panel = (stat.Panel().id(layout.take()).title(title).description(description)
+             .datasource(DATASOURCE).targets(list(targets)).unit(unit)
+             .span(width).height(height)
+             .graph_mode(common.BigValueGraphMode.NONE)
+             .color_mode(common.BigValueColorMode.VALUE)
+             .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]))
+             .thresholds(dashboard_builder.ThresholdsConfig()
+                         .mode(model.ThresholdsMode.ABSOLUTE).steps(steps)))
+    if unit == MESSAGES:
+        panel = panel.decimals(0)  # increase() extrapolates: 41.7 messages reads as 42
+    return panel
+
+
+def top(layout: Layout, title: str, description: str, targets: Iterable[prometheus.Dataquery],
+        *, width: int = 12, height: int = 8) -> bargauge.Panel:
+    """A top-N list as horizontal bars: one instant query, so N bars, most first."""
+    return (bargauge.Panel().id(layout.take()).title(title).description(description)
+            .datasource(DATASOURCE).targets(list(targets)).unit(MESSAGES).decimals(0).min(0)
             .span(width).height(height)
-            .graph_mode(common.BigValueGraphMode.AREA)
-            .color_mode(common.BigValueColorMode.VALUE)
+            .orientation(common.VizOrientation.HORIZONTAL)
+            .display_mode(common.BarGaugeDisplayMode.BASIC)
+            .value_mode(common.BarGaugeValueMode.COLOR)
+            .show_unfilled(True)
             .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]))
             .thresholds(dashboard_builder.ThresholdsConfig()
-                        .mode(model.ThresholdsMode.ABSOLUTE).steps(steps)))
+                        .mode(model.ThresholdsMode.ABSOLUTE)
+                        .steps([model.Threshold(value=None, color="orange")])))
 
 
 def row(layout: Layout, title: str) -> dashboard_builder.Row:
@@ -175,51 +222,63 @@ def build() -> model.Dashboard:
     # -- overview --------------------------------------------------------------------------
     b = (
         b.with_row(row(L, "Overview"))
-        .with_panel(big(L, "Mail", "Messages decided per second (every verdict).",
-                        queries((f'sum ({rate("mailsec_messages_total")})', "messages")),
-                        unit=MSG_RATE))
-        .with_panel(big(L, "Rejected", "Share of messages rejected (5xx).",
-                        queries((verdict_ratio("reject"), "reject")),
+        .with_panel(big(L, "Mail", "Messages decided in the selected time range (every "
+                        "verdict).",
+                        instant_queries((f'sum ({increase("mailsec_messages_total")})',
+                                         "messages")),
+                        unit=MESSAGES))
+        .with_panel(big(L, "Rejected", "Share of the messages of the selected time range that "
+                        "were rejected (5xx).",
+                        instant_queries((verdict_ratio("reject"), "reject")),
                         unit="percentunit", thresholds=ratio_thresholds))
-        .with_panel(big(L, "Quarantined", "Share of messages quarantined (hold or tag).",
-                        queries((verdict_ratio("quarantine"), "quarantine")),
+        .with_panel(big(L, "Quarantined", "Share of the messages of the selected time range "
+                        "that were quarantined (hold or tag).",
+                        instant_queries((verdict_ratio("quarantine"), "quarantine")),
                         unit="percentunit", thresholds=ratio_thresholds))
-        .with_panel(big(L, "Tempfailed", "Share of messages deferred with 4xx: mostly DNS "
-                        "trouble (reason dns_temperror) or crashed checks (internal_error).",
-                        queries((verdict_ratio("tempfail"), "tempfail")),
+        .with_panel(big(L, "Tempfailed", "Share of the messages of the selected time range "
+                        "deferred with 4xx: mostly DNS trouble (reason dns_temperror) or crashed "
+                        "checks (internal_error).",
+                        instant_queries((verdict_ratio("tempfail"), "tempfail")),
                         unit="percentunit", thresholds=tempfail_thresholds))
         .with_panel(big(L, "Dry run: would have rejected",
-                        "Messages a dry-run instance accepted but would have rejected.",
-                        queries((f"sum ({rate('mailsec_dry_run_verdicts_total', REJECT)})",
-                                 "would reject")),
-                        unit=MSG_RATE))
-        .with_panel(big(L, "Connections open", "MTA connections open right now.",
-                        queries((f"sum ({series('mailsec_connections_open')})", "open")),
+                        "Messages a dry-run instance accepted but would have rejected, in the "
+                        "selected time range.",
+                        instant_queries(
+                            (f"sum ({increase('mailsec_dry_run_verdicts_total', REJECT)})",
+                             "would reject")),
+                        unit=MESSAGES))
+        .with_panel(big(L, "Connections open (peak)", "Most MTA connections open at once in "
+                        "the selected time range, as scraped (each instance's peak, summed).",
+                        instant_queries((f"sum (max_over_time("
+                                         f"{series('mailsec_connections_open')}[{RANGE}]))",
+                                         "open")),
                         unit="short"))
     )
 
     # -- verdicts --------------------------------------------------------------------------
     b = (
         b.with_row(row(L, "Verdicts"))
-        .with_panel(ts(L, "Messages by verdict", "Rate of accept, quarantine, reject and "
-                       "tempfail verdicts.",
-                       queries((f'sum by (verdict) ({rate("mailsec_messages_total")})',
+        .with_panel(ts(L, "Messages by verdict", "Messages per minute: accept, quarantine, "
+                       "reject and tempfail verdicts.",
+                       queries((per_minute(f"sum by (verdict) "
+                                           f'({rate("mailsec_messages_total")})'),
                                 "{{verdict}}")), stacked=True))
         .with_panel(ts(L, "Reject, quarantine and tempfail ratio",
                        "Each non-accept verdict as a share of all mail.",
                        queries((share_of("mailsec_messages_total", "verdict",
                                          'verdict!="accept"'), "{{verdict}}")),
                        unit="percentunit"))
-        .with_panel(ts(L, "Top reasons (reject, quarantine, tempfail)",
-                       "The ten verdict and reason pairs that refused, held or deferred the "
-                       "most mail.",
-                       queries((f"topk(10, sum by (verdict, reason) "
-                                f"({rate('mailsec_messages_total', NOT_ACCEPT)}))",
-                                "{{verdict}}: {{reason}}"))))
+        .with_panel(top(L, "Top reasons (reject, quarantine, tempfail)",
+                        "The ten verdict and reason pairs that refused, held or deferred the "
+                        "most messages in the selected time range, most first.",
+                        instant_queries((f"sort_desc(topk(10, sum by (verdict, reason) "
+                                         f"({increase('mailsec_messages_total', NOT_ACCEPT)})))",
+                                         "{{verdict}}: {{reason}}"))))
         .with_panel(ts(L, "Dry run: would-be verdicts",
                        "Verdicts a dry-run instance would have applied (it accepted the mail).",
-                       queries((f"sum by (verdict, reason) "
-                                f"({rate('mailsec_dry_run_verdicts_total', NOT_ACCEPT)})",
+                       queries((per_minute(
+                           f"sum by (verdict, reason) "
+                           f"({rate('mailsec_dry_run_verdicts_total', NOT_ACCEPT)})"),
                                 "would {{verdict}}: {{reason}}"))))
     )
 
@@ -239,8 +298,8 @@ def build() -> model.Dashboard:
         .with_panel(ts(L, "DMARC outcomes by published policy",
                        "DMARC-evaluated messages by the sender's published policy and the "
                        "disposition applied (not_applied: pass, p=none or temperror).",
-                       queries((f"sum by (published, applied) "
-                                f'({rate("mailsec_dmarc_policy_total")})',
+                       queries((per_minute(f"sum by (published, applied) "
+                                           f'({rate("mailsec_dmarc_policy_total")})'),
                                 "p={{published}} → {{applied}}")), stacked=True))
         .with_panel(ts(L, "TLS share of inbound messages",
                        "Messages by the TLS version of the session they came over "
@@ -250,20 +309,21 @@ def build() -> model.Dashboard:
                        unit="percentunit", stacked=True, max_value=1))
         .with_panel(ts(L, "DKIM signatures by algorithm and key size",
                        "Verified DKIM signatures by algorithm, key size and result.",
-                       queries((f"sum by (algorithm, key_bits, result) "
-                                f'({rate("mailsec_dkim_signatures_total")})',
+                       queries((per_minute(f"sum by (algorithm, key_bits, result) "
+                                           f'({rate("mailsec_dkim_signatures_total")})'),
                                 "{{algorithm}} {{key_bits}} bits: {{result}}")),
-                       unit="ops"))
+                       unit="suffix: signatures/min"))
         .with_panel(ts(L, "Authentication results by method",
                        "Every result per method (spf, spf_helo, dkim, dmarc, tls).",
-                       queries((f"sum by (method, result) "
-                                f'({rate("mailsec_auth_results_total")})',
-                                "{{method}}={{result}}")), unit="ops"))
+                       queries((per_minute(f"sum by (method, result) "
+                                           f'({rate("mailsec_auth_results_total")})'),
+                                "{{method}}={{result}}")), unit="suffix: results/min"))
         .with_panel(ts(L, "Forged Authentication-Results removed",
                        "Incoming Authentication-Results headers that claimed our authserv-id "
                        "and were deleted.",
-                       queries((f'sum ({rate("mailsec_forged_authres_removed_total")})',
-                                "removed")), unit="ops"))
+                       queries((per_minute(
+                           f'sum ({rate("mailsec_forged_authres_removed_total")})'),
+                                "removed")), unit="suffix: headers/min"))
     )
 
     # -- DNS -------------------------------------------------------------------------------
@@ -279,18 +339,19 @@ def build() -> model.Dashboard:
                        unit="s", width=8))
         .with_panel(ts(L, "DNS queries by outcome", "answer, nxdomain, nodata, timeout, "
                        "servfail.",
-                       queries((f'sum by (outcome) ({rate("mailsec_dns_queries_total")})',
-                                "{{outcome}}")), unit="reqps", width=8, stacked=True))
+                       queries((per_minute(
+                           f'sum by (outcome) ({rate("mailsec_dns_queries_total")})'),
+                                "{{outcome}}")), unit=QUERY_RATE, width=8, stacked=True))
         .with_panel(ts(L, "DNS timeouts and SERVFAIL",
                        "Failed queries by type; they become temperror and can tempfail mail. "
-                       "B: their share of all queries (right axis unit: percent).",
-                       queries((f"sum by (type, outcome) "
-                                f'({rate("mailsec_dns_queries_total", failures)})',
+                       "B: their share of all queries (percent).",
+                       queries((per_minute(f"sum by (type, outcome) "
+                                           f'({rate("mailsec_dns_queries_total", failures)})'),
                                 "{{type}} {{outcome}}"),
                                (f'sum ({rate("mailsec_dns_queries_total", failures)})\n'
                                 f'  / sum ({rate("mailsec_dns_queries_total")})',
                                 "failed share")),
-                       unit="reqps", width=8)
+                       unit=QUERY_RATE, width=8)
                     .override_by_query("B", [model.DynamicConfigValue(id_val="unit",
                                                                       value="percentunit")]))
     )
@@ -313,15 +374,16 @@ def build() -> model.Dashboard:
                        unit="s", width=8))
         .with_panel(ts(L, "Check errors", "Checks that crashed (their result became "
                        "temperror); each one is a bug worth a look in the log.",
-                       queries((f'sum by (check) ({rate("mailsec_check_errors_total")})',
-                                "{{check}}")), unit="ops", width=8))
+                       queries((per_minute(
+                           f'sum by (check) ({rate("mailsec_check_errors_total")})'),
+                                "{{check}}")), unit="suffix: errors/min", width=8))
         .with_panel(ts(L, "Connections open by instance", "MTA connections open, per instance.",
                        queries((f"sum by (instance) ({series('mailsec_connections_open')})",
                                 "{{instance}}")), unit="short", width=8))
-        .with_panel(ts(L, "New connections", "MTA connections accepted per second.",
-                       queries((f"sum by (instance) "
-                                f'({rate("mailsec_connections_total")})',
-                                "{{instance}}")), unit="ops", width=8))
+        .with_panel(ts(L, "New connections", "MTA connections accepted per minute.",
+                       queries((per_minute(f"sum by (instance) "
+                                           f'({rate("mailsec_connections_total")})'),
+                                "{{instance}}")), unit="suffix: connections/min", width=8))
         .with_panel(ts(L, "Scrape targets up", "1 when Prometheus scraped the instance, 0 when "
                        "it could not (see the MailsecMilterDown alert).",
                        queries((f"sum by (instance) ({series('up')})", "{{instance}}")),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
 from tests.support.milterproc import (
     REPO,

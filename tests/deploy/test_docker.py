@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
 from tests.support.milterproc import REPO, free_tcp_port
 

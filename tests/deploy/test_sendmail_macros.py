@@ -15,7 +15,7 @@ import pytest
 
 from mailsec_milter import milter as adapter
 from mailsec_milter.config import Settings
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
 from tests.support.milterproc import MilterProcess
 

@@ -32,8 +32,8 @@ import pytest
 
 from mailsec_milter import daemon
 from mailsec_milter.config import Settings
-from mailsec_milter.testing import milterclient as mc
 from tests.support import dkimkeys
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
 from tests.support.milterproc import free_tcp_port, start_on_first_connection
 

@@ -6,7 +6,9 @@ Validation here, without a Grafana: (1) the committed JSON is exactly the genera
 SDK's panel and query plugins registered, then back to JSON) without losing or changing a key,
 so every field is one the SDK's Grafana 11.6 schema knows, with the type it expects;
 (3) structural checks of what an import needs (ids, grid, data source variable, targets);
-(4) promtool parses every expression. tests/monitoring/test_prometheus_live.py then runs them.
+(4) promtool parses every expression; (5) what the operator reads: stats and top-N lists are
+instant queries over the selected range, graphs are range queries, event rates are per minute.
+tests/monitoring/test_prometheus_live.py then runs them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tests.monitoring import tools
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range", "__all"}
+# Units that read as tiny decimals on a small site (0.004 msg/s); rates are per minute instead.
+PER_SECOND_UNITS = {"ops", "reqps", "rps", "wps", "iops", "cps", "mps", "eps", "hertz"}
 
 
 def generator() -> ModuleType:
@@ -67,6 +71,7 @@ def test_generator_check_mode_agrees() -> None:
 def test_round_trips_through_the_sdk_models(board: dict[str, Any]) -> None:
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models import bargauge as bargauge_model
     from grafana_foundation_sdk.models import dashboard as model
     from grafana_foundation_sdk.models import prometheus as prometheus_model
     from grafana_foundation_sdk.models import stat as stat_model
@@ -77,7 +82,8 @@ def test_round_trips_through_the_sdk_models(board: dict[str, Any]) -> None:
     assert json.loads(JSONEncoder(sort_keys=True).encode(parsed)) == board
     # The plugins decoded options, field config and queries into their typed models (not the
     # untyped fallbacks), so the comparison above covered them too.
-    typed_options = {"stat": stat_model.Options, "timeseries": timeseries_model.Options}
+    typed_options = {"stat": stat_model.Options, "timeseries": timeseries_model.Options,
+                     "bargauge": bargauge_model.Options}
     for panel in parsed.panels or []:
         if isinstance(panel, model.RowPanel):
             continue
@@ -121,7 +127,7 @@ def test_panels_are_importable(board: dict[str, Any]) -> None:
                 cells[(x, y)] = panel["title"]
         if panel["type"] == "row":
             continue
-        assert panel["type"] in ("stat", "timeseries")
+        assert panel["type"] in ("stat", "timeseries", "bargauge")
         assert panel["datasource"] == DATASOURCE, panel["title"]
         assert panel.get("description"), panel["title"]
         targets = panel["targets"]
@@ -138,7 +144,7 @@ def test_the_issue_panels_are_there(board: dict[str, Any]) -> None:
     exprs = "\n".join(t["expr"] for _, t in tools.dashboard_targets(board))
     for needle in (
         'verdict="reject"', 'verdict="quarantine"', 'verdict="tempfail"',  # rates and ratios
-        "topk(10, sum by (verdict, reason)",  # top reasons
+        "sort_desc(topk(10, sum by (verdict, reason) (increase(",  # top reasons
         "sum by (published, applied) (rate(mailsec_dmarc_policy_total",  # DMARC by policy
         'result="pass"',  # pass ratios
         "sum by (version) (rate(mailsec_tls_messages_total",  # TLS share
@@ -154,11 +160,15 @@ def test_the_issue_panels_are_there(board: dict[str, Any]) -> None:
 
 
 def test_queries_use_rate_interval_and_known_variables(board: dict[str, Any]) -> None:
+    """Graphs (range queries) over ``$__rate_interval``; instant queries over ``$__range``: a
+    ``rate(...[$__rate_interval])`` in an instant query shows only the last minute or so."""
     defined = {v["name"] for v in board["templating"]["list"]} | GRAFANA_VARIABLES
     for panel, target in tools.dashboard_targets(board):
         expr = target["expr"]
+        assert target["instant"] != target["range"], panel["title"]
+        wanted = "$__range" if target["instant"] else "$__rate_interval"
         for window in re.findall(r"\[([^\]]*)\]", expr):
-            assert window == "$__rate_interval", f"{panel['title']}: hard-coded [{window}]"
+            assert window == wanted, f"{panel['title']}: [{window}], not [{wanted}]"
         for name in re.findall(r"\$\{?(\w+)", expr):
             assert name in defined, f"{panel['title']}: unknown variable ${name}"
         assert 'job=~"$job", instance=~"$instance"' in expr, panel["title"]
@@ -175,8 +185,8 @@ def test_promtool_parses_every_query(board: dict[str, Any], tmp_path: Path) -> N
     promtool = tools.tool("promtool")
     rules = []
     for i, (_panel, target) in enumerate(tools.dashboard_targets(board)):
-        expr = (target["expr"].replace("$__rate_interval", "1m").replace("$job", tools.JOB)
-                .replace("$instance", ".*"))
+        expr = (target["expr"].replace("$__rate_interval", "1m").replace("$__range", "6h")
+                .replace("$job", tools.JOB).replace("$instance", ".*"))
         rules.append({"record": f"dashboard:query_{i}:check", "expr": expr})
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
@@ -196,3 +206,65 @@ def test_provisioning_examples() -> None:
     assert sources["apiVersion"] == 1
     (source,) = sources["datasources"]
     assert source["type"] == "prometheus" and source["access"] == "proxy"
+
+
+# -- what the operator reads (issue 13) ---------------------------------------------------------
+
+def _unit_of(panel: dict[str, Any], ref: str) -> str:
+    """The unit a query's values are shown in: the panel's, or a by-query override's."""
+    unit = str(panel["fieldConfig"]["defaults"].get("unit", ""))
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            for prop in override["properties"]:
+                if prop["id"] == "unit":
+                    unit = str(prop["value"])
+    return unit
+
+
+def test_stats_summarise_the_selected_time_range(board: dict[str, Any]) -> None:
+    """A stat is one number for the range the dashboard shows (not the last minute's rate):
+    an instant query whose windows are all ``$__range``, with no sparkline to pretend it is a
+    graph."""
+    stats = [p for p in panels(board) if p["type"] == "stat"]
+    assert len(stats) >= 6
+    for panel in stats:
+        assert panel["options"]["graphMode"] == "none", panel["title"]
+        for target in panel["targets"]:
+            assert target["instant"] is True and target["range"] is False, panel["title"]
+            assert "[$__range]" in target["expr"], panel["title"]
+            assert "$__rate_interval" not in target["expr"], panel["title"]
+            assert "rate(" not in target["expr"].replace("increase(", ""), panel["title"]
+
+
+def test_top_n_lists_return_n_series(board: dict[str, Any]) -> None:
+    """topk in a range query picks N series per step, so a graph of it shows more than N:
+    every top-N is one instant query over the range, sorted, on a panel that lists values."""
+    tops = [(p, t) for p, t in tools.dashboard_targets(board)
+            if re.search(r"\b(topk|bottomk)\s*\(", t["expr"])]
+    assert tops, "the dashboard has a top-N list"
+    for panel, target in tops:
+        assert panel["type"] == "bargauge", panel["title"]
+        assert target["instant"] is True and target["range"] is False, panel["title"]
+        assert re.match(r"sort_desc\((topk|bottomk)\(", target["expr"]), panel["title"]
+        assert "[$__range]" in target["expr"], panel["title"]
+        assert panel["options"]["reduceOptions"]["calcs"] == ["lastNotNull"], panel["title"]
+
+
+def test_units_read_well_on_a_small_site(board: dict[str, Any]) -> None:
+    """No per-second units; every plain event rate is scaled to per minute and says so; counts
+    over the range show whole messages; ratios are percent."""
+    for panel, target in tools.dashboard_targets(board):
+        expr, unit = target["expr"], _unit_of(panel, target["refId"])
+        where = f"{panel['title']}/{target['refId']}"
+        assert unit not in PER_SECOND_UNITS and "/s" not in unit and "/sec" not in unit, where
+        is_ratio = "\n  / " in expr or " / " in expr
+        if "rate(" in expr.replace("increase(", "") and not is_ratio \
+                and "histogram_quantile" not in expr:
+            assert expr.startswith("60 * "), f"{where}: a per-second rate: {expr}"
+            assert unit.startswith("suffix:") and unit.endswith("/min"), f"{where}: {unit}"
+        if expr.startswith("60 * "):
+            assert unit.endswith("/min"), f"{where}: {unit}"
+        if is_ratio:
+            assert unit == "percentunit", f"{where}: a ratio in {unit}"
+        if "increase(" in expr and not is_ratio:
+            assert unit == "short" and panel["fieldConfig"]["defaults"]["decimals"] == 0, where

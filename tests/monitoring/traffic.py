@@ -9,8 +9,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from mailsec_milter.testing import milterclient as mc
 from tests.support import dkimkeys
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
 
 AUTHSERV_ID = "mx.test.example"  # MilterProcess's default [milter] authserv_id

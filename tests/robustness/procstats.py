@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 from tests.support.milterproc import MilterProcess
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from mailsec_milter.testing import milterclient as mc
 from tests.robustness.procstats import milter_running
 from tests.support import dkimkeys
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer, wait_for
 from tests.support.milterproc import MilterProcess, free_tcp_port
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mailsec_milter.testing import milterclient as mc
 from tests.robustness.procstats import Outcome, ProcStats, milter_running, read_outcome
 from tests.support import dkimkeys
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer, wait_for
 from tests.support.milterproc import MilterProcess
 

@@ -1,4 +1,4 @@
-"""Tests for the milter protocol client in mailsec_milter.testing.milterclient.
+"""Tests for the milter protocol client in tests.support.milterclient.
 
 A tiny fake milter (a thread on 127.0.0.1 answering with canned bytes) checks the wire format and
 the NR/NO logic; one test drives a real pymilter/libmilter milter in a subprocess.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsec_milter.testing.milterclient import (
+from tests.support.milterclient import (
     ACTIONS_ALL,
     MILTER_CHUNK_SIZE,
     PROTOCOL_POSTFIX,

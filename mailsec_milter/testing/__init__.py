@@ -1,1 +1,0 @@
-"""Test and benchmark helpers; never imported by the daemon itself."""
