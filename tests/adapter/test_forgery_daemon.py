@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mailsec_milter.testing import milterclient as mc
+from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
 from tests.support.forgery_cases import CASES, FIELD_NAME_CASES, ZONE, Case
 from tests.support.milterproc import MilterProcess
