@@ -32,7 +32,9 @@ sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 runtime_pkgs=(libmilter1.0.1 libmilter-dev gcc python3 python3-dev python3-venv)
 # procps: /bin/kill, which the systemd unit's ExecReload uses; groff-base renders the man page.
-test_pkgs=(postfix unbound prometheus openssl ca-certificates iproute2 systemd procps groff-base)
+# postgresql: the report store's tests run a private cluster of their own (tests/support/pgserver.py).
+test_pkgs=(postfix unbound prometheus openssl ca-certificates iproute2 systemd procps groff-base
+           postgresql)
 # The benchmark's peer milters (bench/targets.py runs them from private configs, never as the
 # system's services). --no-install-recommends keeps rspamd's redis-server out: not needed.
 bench_pkgs=(opendkim opendmarc rspamd)
@@ -46,7 +48,8 @@ services=(postfix:/var/spool/postfix/pid/master.pid:master
           rspamd:/run/rspamd/rspamd.pid:rspamd
           opendkim:/run/opendkim/opendkim.pid:opendkim
           opendmarc:/run/opendmarc/opendmarc.pid:opendmarc
-          redis-server:/run/redis/redis-server.pid:redis-server)
+          redis-server:/run/redis/redis-server.pid:redis-server
+          postgresql:/run/postgresql/15-main.pid:postgres)
 
 missing=()
 for p in "${runtime_pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done

@@ -89,6 +89,12 @@ class MilterProcess:
         # Every test daemon gets its own metrics port (the default 9894 would collide).
         self.config.setdefault("metrics", {}).setdefault("listen",
                                                          f"127.0.0.1:{free_tcp_port()}")
+        # The report store in a state directory of its own that the daemon's user can write.
+        state = self.workdir / "state"
+        state.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(state, str(milter.get("user") or "nobody"))
+        self.config.setdefault("reports", {}).setdefault("store", str(state / "reports.sqlite"))
         self.config_path = self.workdir / "mailsec-milter.toml"
         self.config_path.write_text(render_toml(self.config))
         self.log_path = self.workdir / "milter.log"
