@@ -87,6 +87,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="cap per (milter, level) in seconds (default 120)")
     p.add_argument("--milter-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra mailsec-milter config, e.g. milter.workers=2 (TOML value)")
+    p.add_argument("--variant-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="also run a second mailsec-milter with these keys changed (e.g. "
+                        "reports.record=false), measured in the same invocation; its ratios "
+                        "to the first are reported as vs_mailsec")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (debugging)")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
@@ -194,6 +198,11 @@ class Runner:
         overrides = parse_overrides(self.args.milter_set)
         self.targets.append(start_noop(self.workdir))
         self.targets.append(start_mailsec(nameserver, overrides))
+        if self.args.variant_set:
+            variant = {section: dict(values) for section, values in overrides.items()}
+            for section, values in parse_overrides(self.args.variant_set).items():
+                variant.setdefault(section, {}).update(values)
+            self.targets.append(start_mailsec(nameserver, variant, key="mailsec-variant"))
         if not self.args.peers:
             return
         reason = self.chain_reason()

@@ -24,7 +24,8 @@ RATIO_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("peak_pss_mb", ("milter", "peak_pss_mb")),
 )
 SATURATED = 0.9  # driver CPU (cores) from which its numbers are suspect
-BASELINES = (("vs_noop", "noop"), ("vs_chain", "chain"), ("vs_rspamd", "rspamd"))
+BASELINES = (("vs_noop", "noop"), ("vs_chain", "chain"), ("vs_rspamd", "rspamd"),
+             ("vs_mailsec", "mailsec"))  # --variant-set: the variant against the default
 # The ratio table: (label, ratio field, also against the no-op?)
 RATIO_COLUMNS = (("msgs/s", "msgs_per_s", True), ("CPU/msg", "cpu_ms_per_msg", True),
                  ("p50 txn", "txn_p50", True), ("p50 eom", "eom_p50", False),
@@ -205,7 +206,8 @@ def markdown(report: dict[str, Any]) -> str:
     # Per metric, the baselines it is shown against (noop only where it means something);
     # rspamd's columns only when it was measured, so a run without it reads as before.
     bases = ["noop", "chain"] + (["rspamd"] if any(r["target"] == "rspamd" for r in results)
-                                 else [])
+                                 else []) + (
+        ["mailsec"] if any(r["target"] == "mailsec-variant" for r in results) else [])
     columns = [(f"{label} ÷{base}", field, f"vs_{base}")
                for label, field, with_noop in RATIO_COLUMNS
                for base in bases if with_noop or base != "noop"]

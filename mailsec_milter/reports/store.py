@@ -13,6 +13,7 @@ serve a fleet. Both run the same SQL, written with ``?`` placeholders.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -221,14 +222,11 @@ class ReportStore:
     # --- writing ---------------------------------------------------------------------------
 
     def write(self, records: Sequence[ReportRecord]) -> int:
-        """Add a batch: equal tuples of a day are summed in one row. Returns rows touched."""
-        counts: dict[tuple[str, str], tuple[ReportRecord, int]] = {}
-        for record in records:
-            key = (record.day.isoformat(), record.tuple_key())
-            known = counts.get(key)
-            counts[key] = (record, (known[1] if known else 0) + 1)
-        params = [_row_params(day, key, record, count)
-                  for (day, key), (record, count) in counts.items()]
+        """Add a batch: equal tuples of a day are summed in one row (records are hashable, so
+        the canonical key is computed once per distinct tuple). Returns rows touched."""
+        counts = collections.Counter(records)
+        params = [_row_params(record.day.isoformat(), record.tuple_key(), record, count)
+                  for record, count in counts.items()]
         self._execute_many(_UPSERT, params)
         return len(params)
 

@@ -6,6 +6,7 @@ counted, recording resumes when the store returns."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -118,11 +119,16 @@ def test_postgresql_down_mid_load_costs_no_mail(nameserver: str,
         postgres.stop()
         during = load([milter], rounds=2)  # every message still gets its verdict (asserted)
         assert "tempfail" not in milter.log()
+        for _ in range(300):  # the writer's next flush meets the dead store (bounded wait)
+            if metric(milter, "mailsec_report_records_dropped_total") > 0:
+                break
+            time.sleep(0.1)
         postgres.restart()
         # Recording resumes once the store is back (after the recorder's backoff).
         after: Counter[tuple[str, str]] = Counter()
         for _ in range(60):
             after += load([milter], rounds=1)
+            time.sleep(0.5)
             if metric(milter, "mailsec_report_records_dropped_total") > 0 and \
                     sum(stored(url).values()) > sum(before.values()):
                 break
