@@ -77,6 +77,20 @@ class Envelope:
     tls: TlsInfo = field(default_factory=TlsInfo)
 
 
+def field_name_is(name: str, wanted: str) -> bool:
+    """Whether header field ``name`` is the field ``wanted`` (an ASCII name): the one comparison
+    of field names everywhere, as the MTA and DKIM make it — on the name as received, ASCII
+    letters case-insensitively, any other character only as itself; SP/HTAB around the name
+    are ignored (RFC 5322 §4.5.8 obs-optional allows white space before the colon).
+
+    Never ``str.lower()`` alone: U+212A KELVIN SIGN lower-cases to ``k``, so a field named
+    ``D\u212aIM-Signature`` counted as a DKIM-Signature in one place and not in another, and one
+    field's key was paired with another field's signature (issue 12).
+    """
+    stripped = name.strip(" \t")
+    return stripped.isascii() and stripped.lower() == wanted.lower()
+
+
 @dataclass(frozen=True)
 class Header:
     """One header field as received: the name, and the raw value bytes after the colon.
@@ -94,6 +108,10 @@ class Header:
         text = self.raw_value.decode("utf-8", errors="replace")
         return " ".join(text.replace("\r\n", "\n").split("\n")).strip()
 
+    def is_named(self, wanted: str) -> bool:
+        """``field_name_is(self.name, wanted)``."""
+        return field_name_is(self.name, wanted)
+
     def to_bytes(self) -> bytes:
         return self.name.encode("ascii", errors="replace") + b":" + self.raw_value + b"\r\n"
 
@@ -107,8 +125,8 @@ class MessageSnapshot:
     body: bytes = b""
 
     def headers_named(self, name: str) -> tuple[Header, ...]:
-        lowered = name.lower()
-        return tuple(h for h in self.headers if h.name.lower() == lowered)
+        """The fields called ``name`` (``field_name_is``), in message order."""
+        return tuple(h for h in self.headers if field_name_is(h.name, name))
 
     def raw_message(self) -> bytes:
         """The message as RFC 5322 bytes with CRLF line ends, as DKIM verification needs."""
