@@ -23,7 +23,8 @@ with other visible characters (``x-foo=``, ``a.b=``) is not a tag-name; like dki
 we skip such a tag as one we do not know (§3.2 says unknown tags are ignored) — it can never
 stand in for, or hide, a tag we read. Anything else that is not ``name=value`` (no ``=``, a name
 with white space inside or not starting with a letter, an empty tag-spec between two ``;``)
-makes the whole list invalid, as do two tags of the same name.
+makes the whole list invalid, as do two tags of exactly the same name (skipped ones included,
+as dkimpy counts them).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def parse_tag_list(value: bytes) -> Mapping[str, bytes] | None:
     it is reported, a key record's for every message it verifies; the result is read-only.
     """
     tags: dict[str, bytes] = {}
+    skipped: set[bytes] = set()
     specs = value.strip().split(b";")
     if specs[-1] == b"":  # one trailing ";" is allowed
         specs.pop()
@@ -61,8 +63,9 @@ def parse_tag_list(value: bytes) -> Mapping[str, bytes] | None:
         if not equals:
             return None
         if _TAG_NAME.fullmatch(name) is None:
-            if _OTHER_NAME.fullmatch(name) is None:
+            if _OTHER_NAME.fullmatch(name) is None or name in skipped:
                 return None
+            skipped.add(name)
             continue  # not a tag-name: an unknown tag, skipped (module docstring)
         text = name.decode("ascii")
         if text in tags:

@@ -249,11 +249,11 @@ def test_field_name_is_ascii_case_insensitive_only(name: str, expected: bool) ->
 # --- the parser and the key reader on their own --------------------------------------------------
 
 def test_parse_tag_list_names_and_values() -> None:
-    tags = parse_tag_list(b" v=1; D = x ;\r\n\td=Example.COM.; x-foo=1; x-foo=2; b=ab\r\n cd;")
+    tags = parse_tag_list(b" v=1; D = x ;\r\n\td=Example.COM.; x-foo=1; X-foo=2; b=ab\r\n cd;")
     assert tags == {"v": b"1", "D": b"x", "d": b"Example.COM.", "b": b"ab\r\n cd"}
     assert parse_tag_list(b"") == {}
-    for invalid in (b"a=1; a=2", b"a=1;;b=2", b"a", b"1a=2", b"a b=1", b"=1", b";", b"a=1; ;",
-                    b"\xc3\xa4=1"):
+    for invalid in (b"a=1; a=2", b"x-a=1; x-a=2", b"a=1;;b=2", b"a", b"1a=2", b"a b=1", b"=1",
+                    b";", b"a=1; ;", b"\xc3\xa4=1"):
         assert parse_tag_list(invalid) is None, invalid
 
 
