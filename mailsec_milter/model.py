@@ -77,18 +77,26 @@ class Envelope:
     tls: TlsInfo = field(default_factory=TlsInfo)
 
 
-def field_name_is(name: str, wanted: str) -> bool:
-    """Whether header field ``name`` is the field ``wanted`` (an ASCII name): the one comparison
-    of field names everywhere, as the MTA and DKIM make it — on the name as received, ASCII
-    letters case-insensitively, any other character only as itself; SP/HTAB around the name
-    are ignored (RFC 5322 §4.5.8 obs-optional allows white space before the colon).
+@functools.lru_cache(maxsize=1024)
+def field_name_key(name: str) -> str | None:
+    """The form in which header field names are compared, everywhere: the name as received,
+    SP/HTAB around it removed (RFC 5322 §4.5.8 obs-optional allows white space before the
+    colon), ASCII letters in lower case; None for a name with any non-ASCII character, which
+    therefore equals no name we look for.
 
     Never ``str.lower()`` alone: U+212A KELVIN SIGN lower-cases to ``k``, so a field named
     ``D\u212aIM-Signature`` counted as a DKIM-Signature in one place and not in another, and one
-    field's key was paired with another field's signature (issue 12).
+    field's key was paired with another field's signature (issue 12). Cached: the same few
+    names are looked up for every message.
     """
     stripped = name.strip(" \t")
-    return stripped.isascii() and stripped.lower() == wanted.lower()
+    return stripped.lower() if stripped.isascii() else None
+
+
+def field_name_is(name: str, wanted: str) -> bool:
+    """Whether header field ``name`` is the field ``wanted`` (an ASCII name), compared as
+    ``field_name_key`` says: the one comparison of field names, as the MTA and DKIM make it."""
+    return field_name_key(name) == wanted.lower()
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import authres.dmarc
 import dkim
 
 from ..dns import DnsOutcome, Lookup
-from ..model import AuthResult, MessageSnapshot
+from ..model import AuthResult, MessageSnapshot, field_name_key
 from .dkim import evaluate_key, parse_tag_list, rsa_cost_problem
 from .dkim_tags import key_refusal, read_key_record
 
@@ -85,7 +85,7 @@ class _DnsTemporaryError(Exception):
 
 
 def has_arc_headers(snapshot: MessageSnapshot) -> bool:
-    return any(h.is_named(name) for h in snapshot.headers for name in ARC_HEADERS)
+    return any(field_name_key(h.name) in ARC_HEADERS for h in snapshot.headers)
 
 
 def check_arc(lookup: Lookup, snapshot: MessageSnapshot) -> ArcOutcome:

@@ -25,6 +25,7 @@ from mailsec_milter.model import (
     Header,
     MessageSnapshot,
     field_name_is,
+    field_name_key,
     parse_message,
 )
 from tests.support.dkimkeys import (
@@ -241,6 +242,7 @@ def test_control_the_same_field_named_in_ascii_is_its_own_signature() -> None:
 ])
 def test_field_name_is_ascii_case_insensitive_only(name: str, expected: bool) -> None:
     assert field_name_is(name, "DKIM-Signature") is expected
+    assert (field_name_key(name) == "dkim-signature") is expected
     assert Header(name, b"").is_named("dkim-signature") is expected
     assert bool(MessageSnapshot(Envelope(None), (Header(name, b""),))
                 .headers_named("DKIM-Signature")) is expected
