@@ -40,7 +40,7 @@ from .dkim_tags import (
 )
 
 __all__ = ["DkimOutcome", "DkimSettings", "DkimSignatureOutcome", "check_dkim", "evaluate_key",
-           "key_name", "parse_tag_list", "rsa_cost_problem", "signature_headers"]
+           "key_name", "parse_tag_list", "rsa_cost_problem"]
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: keys below 1024 bits must not be treated as valid
 # The key comes from the signer's DNS, so its size is attacker-chosen, and dkimpy's RSA is a
@@ -107,10 +107,6 @@ def key_name(tags: Mapping[str, bytes]) -> str | None:
     if not selector or not domain or any(c.isspace() for c in selector + domain):
         return None
     return f"{selector}._domainkey.{domain}".lower()
-
-
-def signature_headers(snapshot: MessageSnapshot) -> tuple[Header, ...]:
-    return snapshot.headers_named("DKIM-Signature")
 
 
 @functools.lru_cache(maxsize=1024)
