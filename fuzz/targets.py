@@ -161,10 +161,8 @@ def target_dkim_tags(data: bytes) -> None:
     if tags is None:
         return
     for name, value in tags.items():
-        assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name), name  # case kept (RFC 6376 3.2)
         assert value == value.strip()
-        if name in ("b", "bh", "h"):
-            assert not re.search(rb"\s", value)
     key = dkim_check.key_name(tags)
     assert key is None or (key == key.lower() and "._domainkey." in key
                            and not any(c.isspace() for c in key))

@@ -216,7 +216,7 @@ def forged_indices(headers: Iterable[Header], ours: str, include_subdomains: boo
     found: list[int] = []
     index = 0
     for header in headers:
-        if header.name.strip().lower() != "authentication-results":
+        if not header.is_named("Authentication-Results"):
             continue
         index += 1
         if claims_our_id(extract_authserv_id(header.value), ours, include_subdomains):

@@ -33,7 +33,7 @@ from .checks.spf import (
 from .checks.tls import TlsOutcome, check_tls
 from .config import Settings
 from .dns import BoundLookup, CachedOnlyLookup, CacheMissError, Deadline, Resolver
-from .model import AuthResult, Envelope, Header, MessageSnapshot, is_field
+from .model import AuthResult, Envelope, Header, MessageSnapshot
 
 log = logging.getLogger("mailsec_milter.engine")
 
@@ -105,17 +105,17 @@ class MessageRun:
         """Start DNS work a header makes possible: the key of each DKIM-Signature, ARC-Seal
         and ARC-Message-Signature, the DMARC record of each From domain (the first name of
         its discovery)."""
-        lowered = header.name.lower()
         settings = self._engine.settings
-        if lowered == "dkim-signature":
+        if header.is_named("DKIM-Signature"):
             # only as many as will be verified: no flooding the shared pool
             if self._key_prefetches < settings.dkim_max_signatures \
                     and self._prefetch_key(header):
                 self._key_prefetches += 1
-        elif lowered in ("arc-seal", "arc-message-signature") and settings.arc_enabled:
+        elif (header.is_named("ARC-Seal") or header.is_named("ARC-Message-Signature")) \
+                and settings.arc_enabled:
             if self._arc_prefetches < MAX_ARC_PREFETCHES and self._prefetch_key(header):
                 self._arc_prefetches += 1
-        elif settings.dmarc_enabled and is_field(header.name, "from"):
+        elif header.is_named("From") and settings.dmarc_enabled:
             values = (header.value,)
             authors = author_domains(values)
             self._authors_seen = (values, authors)

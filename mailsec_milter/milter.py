@@ -369,8 +369,7 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
 
 def _indices_named(headers: tuple[Header, ...], name: str) -> list[int]:
     """1-based per-name indices of the headers called ``name``, highest first."""
-    lowered = name.lower()
-    count = sum(1 for h in headers if h.name.strip().lower() == lowered)
+    count = sum(1 for h in headers if h.is_named(name))
     return list(range(count, 0, -1))
 
 

@@ -85,6 +85,28 @@ class Envelope:
     tls: TlsInfo = field(default_factory=TlsInfo)
 
 
+@functools.lru_cache(maxsize=1024)
+def field_name_key(name: str) -> str | None:
+    """The form in which header field names are compared, everywhere: the name as received,
+    SP/HTAB around it removed (RFC 5322 §4.5.8 obs-optional allows white space before the
+    colon), ASCII letters in lower case; None for a name with any non-ASCII character, which
+    therefore equals no name we look for.
+
+    Never ``str.lower()`` alone: U+212A KELVIN SIGN lower-cases to ``k``, so a field named
+    ``D\u212aIM-Signature`` counted as a DKIM-Signature in one place and not in another, and one
+    field's key was paired with another field's signature (issue 12). Cached: the same few
+    names are looked up for every message.
+    """
+    stripped = name.strip(" \t")
+    return stripped.lower() if stripped.isascii() else None
+
+
+def field_name_is(name: str, wanted: str) -> bool:
+    """Whether header field ``name`` is the field ``wanted`` (an ASCII name), compared as
+    ``field_name_key`` says: the one comparison of field names, as the MTA and DKIM make it."""
+    return field_name_key(name) == wanted.lower()
+
+
 @dataclass(frozen=True)
 class Header:
     """One header field as received: the name, and the raw value bytes after the colon.
@@ -102,6 +124,10 @@ class Header:
         text = self.raw_value.decode("utf-8", errors="replace")
         return " ".join(text.replace("\r\n", "\n").split("\n")).strip()
 
+    def is_named(self, wanted: str) -> bool:
+        """``field_name_is(self.name, wanted)``."""
+        return field_name_is(self.name, wanted)
+
     def to_bytes(self) -> bytes:
         return self.name.encode("ascii", errors="replace") + b":" + self.raw_value + b"\r\n"
 
@@ -115,22 +141,13 @@ class MessageSnapshot:
     body: bytes = b""
 
     def headers_named(self, name: str) -> tuple[Header, ...]:
-        lowered = name.lower()
-        return tuple(h for h in self.headers if is_field(h.name, lowered))
+        """The fields called ``name`` (``field_name_is``), in message order."""
+        return tuple(h for h in self.headers if field_name_is(h.name, name))
 
     def raw_message(self) -> bytes:
         """The message as RFC 5322 bytes with CRLF line ends, as DKIM verification needs."""
         head = b"".join(h.to_bytes() for h in self.headers)
         return head + b"\r\n" + self.body
-
-
-def is_field(name: str, lowered: str) -> bool:
-    """Whether a received field name is ``lowered`` (an ASCII lowercase name): ASCII
-    case-insensitive only (a non-ASCII look-alike never matches), and white space before the
-    colon is not part of the name (RFC 5322 §4.5.3 obs-optional: ``From : x`` is a From
-    field to a lenient reader, so it must be one to us)."""
-    name = name.rstrip(" \t")
-    return len(name) == len(lowered) and name.isascii() and name.lower() == lowered
 
 
 def parse_message(raw: bytes) -> tuple[tuple[Header, ...], bytes]:

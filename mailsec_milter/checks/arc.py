@@ -8,6 +8,9 @@ Must not: decide a verdict (trusting a sealer is policy.py's), log, or reach DNS
 through the Lookup it is given.
 
 Why dkimpy is wrapped rather than called as is (LIBRARY-NOTES.md):
+- its key-record reading compares s= as a whole string (a key for ``email:tlsrpt`` is no
+  key) and skips h=; the record is read by ``dkim_tags.read_key_record`` instead, and dkimpy
+  gets only its k= and p=;
 - its default DNS swallows timeouts; ours raises ``_DnsTemporaryError``, which dkimpy does not
   catch, so DNS trouble becomes ``temperror`` instead of a chain that "failed";
 - its RSA is a pure-Python ``pow()`` holding the GIL: a key from the sealer's DNS bigger than
@@ -34,8 +37,9 @@ import authres.dmarc
 import dkim
 
 from ..dns import DnsOutcome, Lookup
-from ..model import AuthResult, MessageSnapshot
+from ..model import AuthResult, MessageSnapshot, field_name_key
 from .dkim import evaluate_key, parse_tag_list, rsa_cost_problem
+from .dkim_tags import key_refusal, read_key_record
 
 ARC_HEADERS = ("arc-seal", "arc-message-signature", "arc-authentication-results")
 MAX_INSTANCES = 50  # RFC 8617 §4.2.1: i= is 1..50; a longer chain is fail
@@ -81,7 +85,7 @@ class _DnsTemporaryError(Exception):
 
 
 def has_arc_headers(snapshot: MessageSnapshot) -> bool:
-    return any(h.name.strip().lower() in ARC_HEADERS for h in snapshot.headers)
+    return any(field_name_key(h.name) in ARC_HEADERS for h in snapshot.headers)
 
 
 def check_arc(lookup: Lookup, snapshot: MessageSnapshot) -> ArcOutcome:
@@ -137,17 +141,20 @@ def _dnsfunc(lookup: Lookup) -> Any:
         texts = answer.texts()
         if answer.outcome is not DnsOutcome.ANSWER or not texts:
             return None
-        key_text = texts[0]
-        tags = parse_tag_list(key_text)
-        if tags is not None and tags.get("k", b"rsa").strip().lower() == b"rsa" \
-                and tags.get("p"):
+        # The record is read by our parser, as for DKIM (dkim_tags.py): a key whose s=, h= or
+        # v= refuses an rsa-sha256 seal is no key, and dkimpy sees only k= and p=, so a list
+        # in s= (email:tlsrpt) or an odd extension tag cannot make it drop a usable key.
+        key = read_key_record(texts[0])
+        if isinstance(key, str) or key_refusal(key, "rsa-sha256", None):
+            return None
+        if key.key_type == "rsa":
             try:
-                pk = evaluate_key(key_text)[0]
+                pk = evaluate_key(key)[0]
             except Exception:
-                return key_text  # unparsable: dkimpy refuses it the same way (set fails)
+                return key.for_dkimpy()  # undecodable: dkimpy refuses it the same way
             if rsa_cost_problem(pk):
                 return None
-        return key_text
+        return key.for_dkimpy()
 
     return dnsfunc
 

@@ -6,10 +6,15 @@ Must not: decide a verdict, log, or reach DNS except through the Lookup it is gi
 
 Why we do not call ``dkim.DKIM.verify()`` directly (see LIBRARY-NOTES.md): it swallows DNS
 timeouts as ``False``, reports a missing key like a bad signature, lets rsa-sha1 pass and reads
-a key object left over from the previous index. We use its signature and key parsing
-(``parse_tag_value``, ``validate_signature_fields``, ``evaluate_pk``) and own the rest;
-canonicalisation, hashing and the public-key check are done once per message in
-``dkim_hashing.py`` (why: see there).
+a key object left over from the previous index. We use its signature field checks
+(``validate_signature_fields``) and its key decoding (``evaluate_pk``, fed only ``k=`` and
+``p=``) and own the rest: tag lists and what a key record allows are read in ``dkim_tags.py``
+(why not dkimpy's: see there), canonicalisation, hashing and the public-key check are done
+once per message in ``dkim_hashing.py`` (why: see there).
+
+Which header fields are DKIM-Signature fields is decided once, by ``Header.is_named`` (ASCII
+case-insensitive on the name as received), and each signature's tags, key and cryptographic
+check are all read from that one field.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ from dkim.canonicalization import CanonicalizationPolicy
 from ..dns import DnsOutcome, Lookup
 from ..model import AuthResult, Header, MessageSnapshot
 from .dkim_hashing import MessageHashes
+from .dkim_tags import (
+    KeyRecord,
+    key_refusal,
+    parse_tag_list,
+    query_methods_problem,
+    read_key_record,
+)
+
+__all__ = ["DkimOutcome", "DkimSettings", "DkimSignatureOutcome", "check_dkim", "evaluate_key",
+           "key_name", "parse_tag_list", "rsa_cost_problem"]
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: keys below 1024 bits must not be treated as valid
 # The key comes from the signer's DNS, so its size is attacker-chosen, and dkimpy's RSA is a
@@ -78,34 +93,8 @@ class DkimSettings:
     allow_partial_body: bool = False
 
 
-_TAG_RE = re.compile(rb"\s*([A-Za-z][A-Za-z0-9_]*)\s*=(.*)", re.S)
-_WHITESPACE = re.compile(rb"\s+")
 _H_SEPARATOR = re.compile(rb"\s*:\s*")  # dkimpy's split of h= (verify_headerprep)
-
-
-@functools.lru_cache(maxsize=256)
-def parse_tag_list(value: bytes) -> Mapping[str, bytes] | None:
-    """Tolerant RFC 6376 §3.2 tag=value parser; None when the text is not a tag list.
-
-    Used for reporting and prefetching before the real verification, so it must never raise.
-    Duplicate tags make the list invalid (§3.2). Cached: one signature's tags are read when
-    its header arrives, when it is verified and when it is reported, and a key record's for
-    every message it verifies; the result is read-only (``Mapping``).
-    """
-    tags: dict[str, bytes] = {}
-    for part in value.split(b";"):
-        if not part.strip():
-            continue
-        match = _TAG_RE.match(part)
-        if match is None:
-            return None
-        name = match.group(1).decode("ascii").lower()
-        if name in tags:
-            return None
-        tags[name] = _WHITESPACE.sub(b"", match.group(2)) if name in ("b", "bh", "h") else (
-            match.group(2).strip()
-        )
-    return tags
+_WHITESPACE = re.compile(rb"\s+")
 
 
 def key_name(tags: Mapping[str, bytes]) -> str | None:
@@ -120,52 +109,59 @@ def key_name(tags: Mapping[str, bytes]) -> str | None:
     return f"{selector}._domainkey.{domain}".lower()
 
 
-def signature_headers(snapshot: MessageSnapshot) -> tuple[Header, ...]:
-    return snapshot.headers_named("DKIM-Signature")
-
-
 @functools.lru_cache(maxsize=1024)
-def evaluate_key(key_text: bytes) -> tuple[Any, Any, Any, Any]:
-    """dkimpy's key parsing (ASN.1, base64) once per distinct key record, not per message.
+def evaluate_key(key: KeyRecord) -> tuple[Any, Any, Any, Any]:
+    """dkimpy's key decoding (ASN.1, base64) once per distinct key, not per message.
 
-    Keys are read-only after parsing, so sharing them between threads is safe; a record that
-    fails to parse raises every time (exceptions are not cached).
+    dkimpy sees only ``k=`` and ``p=`` (``KeyRecord.for_dkimpy``); everything else the record
+    says was read by ``read_key_record``. Keys are read-only after parsing, so sharing them
+    between threads is safe; a key that fails to decode raises every time (exceptions are not
+    cached).
     """
-    return dkim.evaluate_pk(b"key", key_text)  # type: ignore[no-any-return]
+    return dkim.evaluate_pk(b"key", key.for_dkimpy())  # type: ignore[no-any-return]
 
 
 def check_dkim(lookup: Lookup, snapshot: MessageSnapshot, settings: DkimSettings) -> DkimOutcome:
-    headers = signature_headers(snapshot)
-    if not headers:
+    # One pass decides which fields are signatures and where each one is; its tags, its key
+    # and the signature that is checked all come from that same field (issue 12: two name
+    # comparisons once paired one field's d= with another field's signature).
+    positions = [i for i, h in enumerate(snapshot.headers) if h.is_named("DKIM-Signature")]
+    if not positions:
         return DkimOutcome()
-    evaluated = headers[: max(0, settings.max_signatures)]
+    evaluated = positions[: max(0, settings.max_signatures)]
     # The fields as they came, not re-parsed from text: dkimpy's parser refuses a whole message
     # over one odd header name (any byte outside [\x21-\x7e]), which would turn every
     # signature, valid ones included, into permerror.
-    names = [h.name.encode("ascii", errors="replace") for h in snapshot.headers]
-    hashes = MessageHashes([(name, h.raw_value) for name, h in zip(names, snapshot.headers,
-                                                                   strict=True)],
-                           snapshot.body)
-    positions = [i for i, name in enumerate(names) if name.lower() == b"dkim-signature"]
-    outcomes = tuple(
-        _verify_one(hashes, positions[number] if number < len(positions) else None, header,
-                    lookup, settings)
-        for number, header in enumerate(evaluated)
-    )
-    return DkimOutcome(outcomes, len(headers) - len(evaluated))
+    hashes = MessageHashes([(h.name.encode("ascii", errors="replace"), h.raw_value)
+                            for h in snapshot.headers], snapshot.body)
+    outcomes = tuple(_verify_one(hashes, position, snapshot.headers[position], lookup, settings)
+                     for position in evaluated)
+    return DkimOutcome(outcomes, len(positions) - len(evaluated))
+
+
+def _fields_for_dkimpy(tags: Mapping[str, bytes]) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """The signature's tags as ``dkim.DKIM.verify_headerprep`` holds them, after its field
+    checks (mandatory tags, base64, x=/t=, i= under d=, ...), and the h= list — without a
+    verifier object per message. Raises dkimpy's exceptions for a bad signature.
+
+    q= is checked here (``query_methods_problem``) and not shown to dkimpy, which refuses any
+    q= but exactly ``dns/txt`` (RFC 6376 §3.5 makes it a list whose unknown methods are
+    ignored).
+    """
+    problem = query_methods_problem(tags)
+    if problem:
+        raise dkim.ValidationError(problem)
+    sig = {name.encode("ascii"): value for name, value in tags.items() if name != "q"}
+    dkim.validate_signature_fields(sig)
+    return sig, [x.lower() for x in _H_SEPARATOR.split(sig[b"h"])]
 
 
 def _signature_fields(value: bytes) -> tuple[dict[bytes, bytes], list[bytes]]:
-    """What ``dkim.DKIM.verify_headerprep`` reads from one signature field: dkimpy's own tag
-    parse and field checks (mandatory tags, base64, x=/t=, i= under d=, ...) and the h= list,
-    without building a verifier object per message and rescanning every header per signature.
-    """
-    try:
-        sig: dict[bytes, bytes] = dkim.util.parse_tag_value(value)
-    except dkim.util.InvalidTagValueList as exc:
-        raise dkim.MessageFormatError(exc) from exc
-    dkim.validate_signature_fields(sig)
-    return sig, [x.lower() for x in _H_SEPARATOR.split(sig[b"h"])]
+    """``_fields_for_dkimpy`` of one signature field value."""
+    tags = parse_tag_list(value)
+    if tags is None:
+        raise dkim.MessageFormatError("malformed signature tag list")
+    return _fields_for_dkimpy(tags)
 
 
 def _describe(header: Header, result: AuthResult, comment: str,
@@ -181,7 +177,7 @@ def _describe(header: Header, result: AuthResult, comment: str,
         selector=text("s"),
         algorithm=text("a").lower(),
         identity=text("i"),
-        b_prefix=text("b")[:12],
+        b_prefix=_WHITESPACE.sub(b"", tags.get("b", b""))[:12].decode("ascii", "replace"),
         key_bits=key_bits,
         comment=comment,
     )
@@ -192,7 +188,7 @@ def _short(exc: BaseException) -> str:
     return text[:100]
 
 
-def _verify_one(hashes: MessageHashes, position: int | None, header: Header,
+def _verify_one(hashes: MessageHashes, position: int, header: Header,
                 lookup: Lookup, settings: DkimSettings) -> DkimSignatureOutcome:
     tags = parse_tag_list(header.raw_value)
     if tags is None:
@@ -200,11 +196,9 @@ def _verify_one(hashes: MessageHashes, position: int | None, header: Header,
     algorithm = tags.get("a", b"").decode("ascii", errors="replace").strip().lower()
     if algorithm not in VERIFIABLE_ALGORITHMS:
         return _describe(header, AuthResult.PERMERROR, f"unknown algorithm {algorithm[:30]!r}")
-    if position is None:
-        return _describe(header, AuthResult.PERMERROR, "signature not found")
     sig_header = hashes.field(position)
     try:
-        sig, include_headers = _signature_fields(sig_header[1])
+        sig, include_headers = _fields_for_dkimpy(tags)
     except Exception as exc:  # dkimpy parses attacker text: any crash is a bad signature
         return _describe(header, AuthResult.PERMERROR, f"invalid signature: {_short(exc)}")
     if b"from" not in include_headers:
@@ -219,29 +213,28 @@ def _verify_one(hashes: MessageHashes, position: int | None, header: Header,
     texts = answer.texts()
     if answer.outcome is not DnsOutcome.ANSWER or not texts:
         return _describe(header, AuthResult.PERMERROR, "no key for signature")
-    key_text = texts[0]
-    key_tags = parse_tag_list(key_text)
-    if key_tags is not None and key_tags.get("p", None) == b"":
-        return _describe(header, AuthResult.PERMERROR, "key revoked")
+    # Every restriction the record states is read before the key is used (never dropped
+    # because another tag is odd: issue 12); a record we cannot read is no key.
+    key = read_key_record(texts[0])
+    if isinstance(key, str):
+        return _describe(header, AuthResult.PERMERROR, key)
     try:
-        pk, key_bits, ktag, seqtlsrpt = evaluate_key(key_text)
+        pk, key_bits, _ktag, _tlsrpt = evaluate_key(key)
     except Exception as exc:  # garbage key text from DNS
         return _describe(header, AuthResult.PERMERROR, f"unusable key: {_short(exc)}")
-    if pk is None:  # evaluate_pk silently drops keys with an unknown s= service type
-        return _describe(header, AuthResult.PERMERROR, "key is not for email (s= tag)")
-    key_type = ktag.decode() if isinstance(ktag, bytes) else str(ktag)
+    key_type = key.key_type
     too_costly = rsa_cost_problem(pk) if key_type == "rsa" else ""
     if too_costly:
         return _describe(header, AuthResult.PERMERROR, f"unusable key: {too_costly}", key_bits)
     if not algorithm.startswith(key_type + "-"):
         return _describe(header, AuthResult.PERMERROR, "key type does not match a=", key_bits)
-    problem = _key_restriction(key_tags or {}, algorithm, sig)
+    problem = key_refusal(key, algorithm, sig)
     if problem:
         return _describe(header, AuthResult.PERMERROR, problem, key_bits)
 
     try:
-        valid = hashes.verify(sig, include_headers, sig_header, pk, key_type.encode(),
-                              bool(seqtlsrpt))
+        # tlsrpt_key False: read_key_record refused every key whose s= leaves out email
+        valid = hashes.verify(sig, include_headers, sig_header, pk, key_type.encode(), False)
     except dkim.ValidationError as exc:
         message = str(exc)
         if "body hash mismatch" in message:
@@ -280,22 +273,6 @@ def rsa_cost_problem(pk: object) -> str:
     if bits > RSA_SMALL_MODULUS_BITS and exponent.bit_length() > MAX_RSA_EXPONENT_BITS:
         return (f"RSA public exponent of {exponent.bit_length()} bits "
                 f"(over {MAX_RSA_EXPONENT_BITS} with a key over {RSA_SMALL_MODULUS_BITS} bits)")
-    return ""
-
-
-def _key_restriction(key_tags: Mapping[str, bytes], algorithm: str,
-                     sig: dict[bytes, bytes]) -> str:
-    """Why the key record refuses this signature (RFC 6376 3.6.1 h= and t=s), or ''."""
-    allowed = key_tags.get("h")
-    if allowed is not None:
-        hashes = {h.strip().lower() for h in allowed.split(b":")}
-        if algorithm.rpartition("-")[2].encode() not in hashes:
-            return "key h= does not allow the signature's hash"
-    flags = {f.strip().lower() for f in key_tags.get("t", b"").split(b":")}
-    if b"s" in flags and b"i" in sig:
-        identity_domain = sig[b"i"].rpartition(b"@")[2].lower().rstrip(b".")
-        if identity_domain != sig.get(b"d", b"").lower().rstrip(b"."):
-            return "key t=s forbids an i= subdomain of d="
     return ""
 
 

@@ -412,7 +412,7 @@ def test_odd_header_name_does_not_spoil_a_good_signature(rsa: KeyPair) -> None:
 def test_parse_tag_list_and_key_name() -> None:
     tags = parse_tag_list(b" v=1; a = rsa-sha256 ;\r\n\td=Example.COM.; s=Sel; b=ab\r\n cd;")
     assert tags is not None
-    assert tags["b"] == b"abcd"
+    assert tags["b"] == b"ab\r\n cd"  # stripped only, as dkimpy holds values
     assert key_name(tags) == "sel._domainkey.example.com"
     assert parse_tag_list(b"v=1; v=1") is None
     assert parse_tag_list(b"garbage") is None

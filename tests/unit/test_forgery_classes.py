@@ -17,7 +17,7 @@ from mailsec_milter.cli import main
 from mailsec_milter.config import settings_from_mapping
 from mailsec_milter.dns import StaticResolver
 from mailsec_milter.engine import Engine
-from mailsec_milter.model import Envelope, Header, MessageSnapshot, is_field
+from mailsec_milter.model import Envelope, Header, MessageSnapshot, field_name_is
 from mailsec_milter.policy import Action, decide
 from tests.support.forgery_cases import CASES, FORGER_IP, Case, zone_text
 from tests.support.milterproc import render_toml
@@ -66,7 +66,7 @@ def test_reject_replies_name_the_problem(tmp_path: Path) -> None:
 ])
 def test_field_names_compare_ascii_case_insensitively_without_obs_wsp(
         name: str, matches: bool) -> None:
-    assert is_field(name, "from") is matches
+    assert field_name_is(name, "from") is matches
 
 
 def test_a_from_field_written_with_space_before_the_colon_is_evaluated() -> None:
