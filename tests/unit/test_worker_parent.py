@@ -1,0 +1,54 @@
+"""A worker never outlives its supervisor, whatever its threads are blocked in."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from mailsec_milter.metrics import Metrics
+from mailsec_milter.worker import StatusPipe, follow_control
+
+
+def wait_for_exit(pid: int, timeout: float) -> int | None:
+    """The exit code once it has exited (reaped here), None while it runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def test_end_of_the_control_pipe_ends_a_worker_blocked_in_accept() -> None:
+    """The orphan of the report: main thread blocked in accept(), SIGTERM of no use. When
+    the supervisor's end of the control pipe closes, the worker exits anyway."""
+    control_read, control_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the stand-in worker: only this code runs here, then _exit
+        try:
+            os.close(control_write)
+            listener = socket.create_server(("127.0.0.1", 0))
+            status = StatusPipe(open(os.devnull, "wb"))  # noqa: SIM115 (ends with the process)
+            threading.Thread(target=follow_control,
+                             args=(control_read, status, ThreadPoolExecutor(1), Metrics()),
+                             daemon=True).start()
+            listener.accept()  # blocks forever: nobody connects
+        finally:
+            os._exit(0)  # reached only if accept returned: the test then fails (status 0)
+    os.close(control_read)
+    exit_code: int | None = None
+    try:
+        time.sleep(0.2)  # let the child block in accept
+        assert wait_for_exit(pid, 0) is None  # it is waiting
+        os.close(control_write)  # the supervisor is gone
+        exit_code = wait_for_exit(pid, 30)
+        assert exit_code == 1
+    finally:
+        if exit_code is None and wait_for_exit(pid, 0) is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
