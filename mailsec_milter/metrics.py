@@ -249,8 +249,10 @@ def render_markdown() -> str:
     lines += ["", "Label values:", "", "| label | values | note |", "|---|---|---|"]
     for label, values, note in LABEL_VALUES:
         lines.append(f"| `{label}` | {', '.join(values)} | {note} |")
-    lines += ["", "The (`verdict`, `reason`) pairs that exist (every other pair cannot happen and "
-              "is not exported):", "", "| reason | verdicts | in dry run |", "|---|---|---|"]
+    lines += ["", "The (`verdict`, `reason`) pairs that exist; every other pair cannot happen and "
+              "is not exported (`accept` under a refusing reason is dry run):", "",
+              "| `reason` | `verdict` in `mailsec_messages_total` "
+              "| `verdict` in `mailsec_dry_run_verdicts_total` |", "|---|---|---|"]
     pairs = possible_verdicts()
     dry = possible_dry_run_verdicts()
     for reason in Reason:
