@@ -387,6 +387,9 @@ INNER: dict[str, list[str]] = {
                               "instance:mailsec_message_duration_seconds_count:rate10m"],
     "MailsecCheckErrors": ["sum by (job, instance, check) "
                            "(increase(mailsec_check_errors_total[10m]))"],
+    "MailsecNoWorker": ["mailsec_workers"],
+    # Its baselines (offset 30m, 1d) have no data in a Prometheus minutes old.
+    "MailsecNoTraffic": ["sum by (job, instance) (increase(mailsec_connections_total[30m]))"],
 }
 
 
