@@ -120,6 +120,20 @@ def test_a_broken_config_on_reload_keeps_the_old_one_running(milter: MilterProce
     assert milter.process.poll() is None
 
 
+def test_a_reload_names_restart_only_keys_as_the_file_writes_them(
+        milter: MilterProcess) -> None:
+    assert milter.process is not None
+    config = {k: dict(v) for k, v in milter.config.items()}
+    config["metrics"]["listen"] = f"127.0.0.1:{free_tcp_port()}"
+    config["milter"]["workers"] = 2
+    milter.write_config(render_toml(config))
+    milter.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "configuration reloaded" in milter.log()), milter.log()
+    assert "reloaded, but [metrics] listen, [milter] workers only change on restart" \
+        in milter.log()
+    assert "metrics_listen" not in milter.log()
+
+
 def test_sigterm_lets_the_process_exit_cleanly(milter: MilterProcess) -> None:
     one_message(milter)
     assert milter.stop() == 0
