@@ -62,6 +62,19 @@ def set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def share_nonblocking(sock: socket.socket) -> None:
+    """O_NONBLOCK on the listener every worker accepts on.
+
+    Every worker's libmilter polls this one socket; a new connection wakes them all, one
+    accept() wins and, on a blocking socket, the others block in accept() until the next
+    connection, holding libmilter's listener lock: libmilter's stop (a flag checked between
+    polls) and SIGTERM cannot end such a worker. Non-blocking, the losers get EAGAIN, which
+    libmilter's listener treats as "poll again". Accepted connections do not inherit the flag
+    (Linux), so sessions stay blocking as libmilter expects.
+    """
+    sock.setblocking(False)
+
+
 def open_listener(spec: str, backlog: int = 512) -> socket.socket:
     """Open the MTA-facing socket from a libmilter-syntax spec (inet:, inet6:, unix:/local:)."""
     kind, _, rest = spec.partition(":")
@@ -79,6 +92,7 @@ def open_listener(spec: str, backlog: int = 512) -> socket.socket:
         sock.bind((host.strip("[]"), int(port)))
     sock.listen(backlog)
     set_nodelay(sock)
+    share_nonblocking(sock)
     return sock
 
 
@@ -96,6 +110,7 @@ def systemd_listener() -> socket.socket | None:
         return None
     sock = socket.socket(fileno=3)  # SD_LISTEN_FDS_START; one socket unit, one socket
     set_nodelay(sock)
+    share_nonblocking(sock)
     return sock
 
 

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -162,12 +163,25 @@ def register_callbacks() -> None:
     )
 
 
-def drain(limit: float) -> None:
+# Set when libmilter's main loop has returned in this worker.
+LOOP_ENDED = threading.Event()
+# How long a drained worker waits for libmilter's loop to notice the stop: its listener checks
+# the stop flag between polls of 5 s (MI_CHK_TIME), holding a lock that smfi_stop() waits for.
+LOOP_STOP_GRACE = 8.0
+
+
+def drain(limit: float, final_report: Callable[[], None]) -> None:
     """Stop gracefully: refuse new MTA connections (tempfail), let the open ones finish
     (bounded by ``limit``), then stop libmilter's loop.
 
     libmilter's own stop (its reaction to SIGTERM) does not do this: sessions in flight stall
     and are cut when the process ends, leaving the MTA to its milter_default_action.
+    libmilter's stop is only a flag its listener checks between polls, under a lock the
+    listener holds while it polls and accepts. Should the listener ever block (the shared
+    socket is non-blocking so that it does not: see daemon.share_nonblocking), stop() would
+    wait for ever and no signal would end the loop. So stop() runs on its own thread, and when
+    the loop has not ended in time this worker reports its final numbers and exits by itself
+    — no session is open any more.
     """
     start_draining()
     deadline = time.monotonic() + limit
@@ -175,11 +189,16 @@ def drain(limit: float) -> None:
         time.sleep(0.05)
     if open_sessions():
         log.warning("stopping with %d session(s) still open", open_sessions())
-    libmilter.stop()
+    threading.Thread(target=libmilter.stop, name="stop", daemon=True).start()
+    if not LOOP_ENDED.wait(LOOP_STOP_GRACE):
+        log.warning("libmilter's loop did not end after the stop; exiting without it")
+        final_report()
+        logging.shutdown()
+        os._exit(0)
 
 
 def follow_control(control_fd: int, status: StatusPipe, pool: ThreadPoolExecutor,
-                   metrics: Metrics) -> None:
+                   metrics: Metrics, final_report: Callable[[], None]) -> None:
     """Follow the supervisor's word until it is gone.
 
     ``RELOAD <length>`` then that many bytes of configuration: the new runtime serves messages
@@ -196,8 +215,8 @@ def follow_control(control_fd: int, status: StatusPipe, pool: ThreadPoolExecutor
                 log.error("the supervisor is gone; exiting")
                 os._exit(1)
             if line.startswith(b"DRAIN "):
-                threading.Thread(target=drain, args=(float(line.split()[1]),), name="drain",
-                                 daemon=True).start()
+                threading.Thread(target=drain, args=(float(line.split()[1]), final_report),
+                                 name="drain", daemon=True).start()
                 continue
             if not line.startswith(b"RELOAD "):
                 continue
@@ -229,6 +248,13 @@ def run_worker(config_text: str, listen_fd: int, status_stream: IO[bytes],
     metrics = Metrics()
     install_runtime(build_runtime(settings, pool, metrics))
     status = StatusPipe(status_stream)
+
+    def final_report() -> None:
+        """The last numbers: the supervisor folds them into its totals, so counters never go
+        backwards when a worker retires (restart after a crash, stop)."""
+        if metrics_enabled:
+            status.frame("FINAL", generate_latest(metrics.registry))
+
     register_callbacks()
     try:
         libmilter.setconn(f"fd:{listen_fd}")
@@ -237,7 +263,8 @@ def run_worker(config_text: str, listen_fd: int, status_stream: IO[bytes],
         log.error("worker cannot use the inherited socket fd:%d: %s", listen_fd, exc)
         return 1
     if control_fd is not None:
-        threading.Thread(target=follow_control, args=(control_fd, status, pool, metrics),
+        threading.Thread(target=follow_control,
+                         args=(control_fd, status, pool, metrics, final_report),
                          name="control", daemon=True).start()
     stop_pushing = threading.Event()
     if metrics_enabled:
@@ -250,10 +277,8 @@ def run_worker(config_text: str, listen_fd: int, status_stream: IO[bytes],
         log.error("milter main loop failed: %s", exc)
         return 1
     finally:
+        LOOP_ENDED.set()
         stop_pushing.set()
         pool.shutdown(wait=False, cancel_futures=False)
-        # The last numbers: the supervisor folds them into its totals, so counters never go
-        # backwards when a worker retires (restart after a crash, stop).
-        if metrics_enabled:
-            status.frame("FINAL", generate_latest(metrics.registry))
+        final_report()
     return 0

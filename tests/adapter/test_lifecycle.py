@@ -372,6 +372,32 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+ACCEPT_SYSCALLS = {"43", "288"}  # accept, accept4 on x86_64
+
+
+def blocked_in_accept(pid: int) -> bool:
+    """Is the worker's main thread (libmilter's listener) asleep in accept()?"""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] in ACCEPT_SYSCALLS
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers of x86_64")
+def test_no_worker_is_left_blocked_in_accept_on_the_shared_socket() -> None:
+    """Every worker's poll wakes for a new connection; one accept() wins. On a blocking
+    listener the others then slept in accept(), holding libmilter's listener lock, where
+    neither libmilter's stop nor SIGTERM reaches them (the orphan of issue 13)."""
+    with MilterProcess({"milter": {"workers": 2}, "dns": NO_DNS}) as process:
+        workers = process.worker_pids()
+        for _ in range(30):
+            one_message(process)
+            time.sleep(0.1)  # a loser of the race would be asleep in accept() by now
+            assert not [pid for pid in workers if blocked_in_accept(pid)]
+        assert process.stop() == 0
+        assert "did not stop in time" not in process.log()
+
+
 @pytest.mark.parametrize("draining", [False, True], ids=["serving", "draining"])
 def test_no_worker_outlives_a_killed_supervisor(draining: bool) -> None:
     """With recent sessions and idle connections open (and, in one case, the supervisor

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from mailsec_milter import worker
 from mailsec_milter.metrics import Metrics
 from mailsec_milter.worker import StatusPipe, follow_control
 
@@ -35,7 +36,8 @@ def test_end_of_the_control_pipe_ends_a_worker_blocked_in_accept() -> None:
             listener = socket.create_server(("127.0.0.1", 0))
             status = StatusPipe(open(os.devnull, "wb"))  # noqa: SIM115 (ends with the process)
             threading.Thread(target=follow_control,
-                             args=(control_read, status, ThreadPoolExecutor(1), Metrics()),
+                             args=(control_read, status, ThreadPoolExecutor(1), Metrics(),
+                                   lambda: None),
                              daemon=True).start()
             listener.accept()  # blocks forever: nobody connects
         finally:
@@ -50,5 +52,29 @@ def test_end_of_the_control_pipe_ends_a_worker_blocked_in_accept() -> None:
         assert exit_code == 1
     finally:
         if exit_code is None and wait_for_exit(pid, 0) is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+
+
+def test_a_drained_worker_whose_loop_does_not_end_reports_and_exits() -> None:
+    """libmilter's stop() can wait for ever for its listener's lock; the drain does not."""
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the stand-in worker
+        try:
+            os.close(report_read)
+            worker.libmilter.stop = lambda: time.sleep(3600)  # a listener that never yields
+            worker.LOOP_STOP_GRACE = 0.5
+            worker.drain(0.0, lambda: os.write(report_write, b"FINAL"))
+        finally:
+            os._exit(3)  # reached only if drain returned: the test then fails
+    os.close(report_write)
+    exit_code = wait_for_exit(pid, 30)
+    try:
+        assert exit_code == 0
+        assert os.read(report_read, 100) == b"FINAL"
+    finally:
+        os.close(report_read)
+        if exit_code is None:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
