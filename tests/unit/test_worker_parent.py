@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import threading
 import time
@@ -78,3 +80,35 @@ def test_a_drained_worker_whose_loop_does_not_end_reports_and_exits() -> None:
         if exit_code is None:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+
+
+def test_the_kernel_is_asked_to_kill_the_worker_with_its_supervisor() -> None:
+    """PR_SET_PDEATHSIG with SIGKILL: a signal no blocked or busy thread can ignore."""
+    answer_read, answer_write = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            worker.die_with_parent(parent)
+            libc = ctypes.CDLL(None, use_errno=True)
+            value = ctypes.c_int(-1)
+            libc.prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+            os.write(answer_write, str(value.value).encode())
+        finally:
+            os._exit(0)
+    os.close(answer_write)
+    try:
+        assert wait_for_exit(pid, 30) == 0
+        assert os.read(answer_read, 16) == str(int(signal.SIGKILL)).encode()
+    finally:
+        os.close(answer_read)
+
+
+def test_a_worker_whose_supervisor_is_already_gone_exits_at_once() -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            worker.die_with_parent(os.getppid() + 1_000_000)  # not our parent: it died
+        finally:
+            os._exit(0)  # reached only if die_with_parent returned: the test then fails
+    assert wait_for_exit(pid, 30) == 1
