@@ -226,7 +226,9 @@ def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
 # Every label's values, in the order the docs list them (the closed sets above), with a note.
 LABEL_VALUES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("verdict", tuple(a.value for a in Action), ""),
-    ("reason", tuple(r.value for r in Reason), "what decided the verdict (docs/POLICY.md)"),
+    ("reason", tuple(r.value for r in Reason),
+     "of `mailsec_messages_total` and `mailsec_dry_run_verdicts_total`: what decided the "
+     "verdict (docs/POLICY.md)"),
     ("method", METHODS, ""),
     ("result", RESULTS, ""),
     ("published", POLICIES, "absent: no DMARC policy found"),
