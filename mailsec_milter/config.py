@@ -480,6 +480,15 @@ def _field_name(key: Key) -> str:
     return prefix + key.name
 
 
+def dotted_name(field_name: str) -> str:
+    """A Settings field as the user writes it in the file (``metrics_listen`` →
+    ``[metrics] listen``), for messages."""
+    for key in KEYS:
+        if _field_name(key) == field_name:
+            return key.dotted
+    return field_name
+
+
 def settings_from_mapping(data: dict[str, Any], hostname: Callable[[], str] = socket.getfqdn
                           ) -> Settings:
     """Validate a parsed TOML document against KEYS; every error names its key."""

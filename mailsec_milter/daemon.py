@@ -6,7 +6,8 @@ processes (worker.py) that each run libmilter on that inherited socket. It alone
 signals: SIGHUP starts a new generation of workers with the new configuration and retires the
 old one once the new one serves (sessions in flight finish on the old); a broken
 configuration is refused and the old generation keeps running. SIGTERM/SIGINT retire all
-workers gracefully. /metrics sums the workers' metrics.
+workers gracefully. /metrics sums the metrics the workers push over their status pipes, with
+the last numbers of workers that ended kept (WorkerTotals), so counters never go backwards.
 Must not: contain mail logic, start threads (workers are forked from it), or run libmilter:
 a process running libmilter has libmilter's signal thread, which treats SIGHUP as "stop" —
 keeping it out of the supervisor is what makes reload safe.
@@ -25,15 +26,21 @@ import signal
 import socket
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prometheus_client import disable_created_metrics
+from prometheus_client import disable_created_metrics, generate_latest
 
 from . import __version__
-from .config import ConfigError, Settings, config_warnings, load_settings, read_config_file
-from .metrics import aggregate_exposition
+from .config import (
+    ConfigError,
+    Settings,
+    config_warnings,
+    dotted_name,
+    load_settings,
+    read_config_file,
+)
+from .metrics import SupervisorMetrics, WorkerTotals
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
 # this code without reading it again (the service user may not be able to).
@@ -62,6 +69,19 @@ def set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def share_nonblocking(sock: socket.socket) -> None:
+    """O_NONBLOCK on the listener every worker accepts on.
+
+    Every worker's libmilter polls this one socket; a new connection wakes them all, one
+    accept() wins and, on a blocking socket, the others block in accept() until the next
+    connection, holding libmilter's listener lock: libmilter's stop (a flag checked between
+    polls) and SIGTERM cannot end such a worker. Non-blocking, the losers get EAGAIN, which
+    libmilter's listener treats as "poll again". Accepted connections do not inherit the flag
+    (Linux), so sessions stay blocking as libmilter expects.
+    """
+    sock.setblocking(False)
+
+
 def open_listener(spec: str, backlog: int = 512) -> socket.socket:
     """Open the MTA-facing socket from a libmilter-syntax spec (inet:, inet6:, unix:/local:)."""
     kind, _, rest = spec.partition(":")
@@ -79,6 +99,7 @@ def open_listener(spec: str, backlog: int = 512) -> socket.socket:
         sock.bind((host.strip("[]"), int(port)))
     sock.listen(backlog)
     set_nodelay(sock)
+    share_nonblocking(sock)
     return sock
 
 
@@ -96,6 +117,7 @@ def systemd_listener() -> socket.socket | None:
         return None
     sock = socket.socket(fileno=3)  # SD_LISTEN_FDS_START; one socket unit, one socket
     set_nodelay(sock)
+    share_nonblocking(sock)
     return sock
 
 
@@ -198,9 +220,31 @@ class Worker:
     control: int  # write end of its control pipe (reloads)
     generation: int
     index: int
-    metrics_port: int = 0
     ready: bool = False
-    buffer: bytearray = field(default_factory=bytearray)
+    buffer: bytearray = field(default_factory=bytearray)  # status bytes not yet parsed
+    metrics: bytes = b""  # the exposition it pushed last (or its final one)
+    replies: list[str] = field(default_factory=list)  # reload replies not yet consumed
+
+    def take_status(self) -> None:
+        """Parse whole messages off the buffer (see worker.StatusPipe for the format)."""
+        while True:
+            newline = self.buffer.find(b"\n")
+            if newline < 0:
+                return
+            kind, _, argument = bytes(self.buffer[:newline]).decode(errors="replace") \
+                .partition(" ")
+            if kind in ("METRICS", "FINAL"):
+                end = newline + 1 + int(argument)
+                if len(self.buffer) < end:
+                    return  # the rest of the frame is still in the pipe
+                self.metrics = bytes(self.buffer[newline + 1:end])
+                del self.buffer[:end]
+                continue
+            del self.buffer[:newline + 1]
+            if kind == "READY":
+                self.ready = True
+            else:
+                self.replies.append(f"{kind} {argument}".strip())
 
 
 def read_config_text(path: str | None) -> str:
@@ -232,8 +276,9 @@ class Supervisor:
         self.config_text = read_config_text(config_path)
         self.generation = 0
         self.workers: list[Worker] = []
-        self.retired_metrics: list[str] = []  # final exposition text of workers that ended
+        self.totals = WorkerTotals()
         self.restarts = 0
+        self.own_metrics = SupervisorMetrics()
         self.stopping = False
         self.listener: socket.socket | None = None
         self.metrics_server: http.server.HTTPServer | None = None
@@ -289,6 +334,7 @@ class Supervisor:
         status_read, status_write = os.pipe()
         control_read, control_write = os.pipe()
         listen_fd = self.listener.fileno()
+        supervisor_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -299,9 +345,10 @@ class Supervisor:
                     if int(name) not in keep:
                         with contextlib.suppress(OSError):
                             os.close(int(name))
-                with os.fdopen(status_write, "w") as status:
+                with os.fdopen(status_write, "wb") as status:
                     code = run_worker(config_text, listen_fd, status,
-                                      bool(self.settings.metrics_listen), control_read)
+                                      bool(self.settings.metrics_listen), control_read,
+                                      supervisor_pid)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -354,6 +401,7 @@ class Supervisor:
             self.retire(worker)
             if worker.generation == self.generation and not self.stopping:
                 self.restarts += 1
+                self.own_metrics.worker_restarts.inc()
                 log.error("worker %d (pid %d) exited with %s; starting a new one",
                           worker.index, worker.process.pid, code)
                 time.sleep(min(5.0, 0.2 * self.restarts))  # no tight crash loop
@@ -361,9 +409,11 @@ class Supervisor:
                 self.workers.append(replacement)
 
     def retire(self, worker: Worker) -> None:
-        text = worker.buffer.decode(errors="replace")
-        if "FINAL\n" in text:
-            self.retired_metrics.append(text.split("FINAL\n", 1)[1])
+        """Forget an ended worker; its last metrics (final, or last pushed when it was killed)
+        stay in the totals."""
+        if worker.metrics:
+            self.totals.retire(worker.metrics.decode(errors="replace"))
+            worker.metrics = b""
         os.close(worker.status)
         with contextlib.suppress(OSError):
             os.close(worker.control)
@@ -371,8 +421,8 @@ class Supervisor:
             self.workers.remove(worker)
 
     def poll_status(self, timeout: float, workers: list[Worker] | None = None) -> None:
-        """Wait up to ``timeout`` for status pipes (READY lines, final metrics) and, in the
-        main loop, for scrapes of /metrics — all on this one thread."""
+        """Wait up to ``timeout`` for status pipes (READY, reload replies, metrics) and, in
+        the main loop, for scrapes of /metrics — all on this one thread."""
         watched = workers if workers is not None else list(self.workers)
         with selectors.DefaultSelector() as selector:
             for worker in watched:
@@ -396,10 +446,7 @@ class Supervisor:
                     if not chunk:
                         break
                     worker.buffer.extend(chunk)
-                if not worker.ready and worker.buffer.startswith(b"READY "):
-                    line = worker.buffer.split(b"\n", 1)[0]
-                    worker.metrics_port = int(line.split()[1])
-                    worker.ready = True
+                worker.take_status()
 
     def stop_workers(self, workers: list[Worker]) -> None:
         """Drain: each worker refuses new connections and stops once its open sessions end
@@ -446,7 +493,7 @@ class Supervisor:
         message = b"RELOAD %d\n" % len(payload) + payload
         current = [w for w in self.workers if w.generation == self.generation]
         for worker in current:
-            worker.buffer.clear()  # its READY line was read long ago; replies follow
+            worker.replies.clear()
             try:
                 os.write(worker.control, message)
             except OSError as exc:
@@ -459,7 +506,8 @@ class Supervisor:
         self.settings = replace(settings, **{k: getattr(self.settings, k) for k in RESTART_KEYS})
         self.config_text = text
         if problems:
-            log.warning("reloaded, but %s only change on restart", ", ".join(problems))
+            log.warning("reloaded, but %s only change on restart",
+                        ", ".join(dotted_name(key) for key in problems))
         for warning in config_warnings(settings):
             log.warning("%s", warning)
         log.info("configuration reloaded from %s", self.config_path or "embedded defaults")
@@ -474,11 +522,11 @@ class Supervisor:
         while pending and time.monotonic() < deadline:
             self.poll_status(0.1, pending)
             for worker in list(pending):
-                text = worker.buffer.decode(errors="replace")
-                if "RELOADED\n" in text:
+                if "RELOADED" in worker.replies:
                     pending.remove(worker)
-                    worker.buffer.clear()
-                elif "RELOAD-FAILED" in text or worker.process.poll() is not None:
+                    worker.replies.clear()
+                elif any(r.startswith("RELOAD-FAILED") for r in worker.replies) \
+                        or worker.process.poll() is not None:
                     pending.remove(worker)
                     failed.append(worker)
         return failed + pending
@@ -513,25 +561,13 @@ class Supervisor:
         self.metrics_server = Server((host, int(port)), Handler)
 
     def exposition(self) -> str:
-        live = [w for w in self.workers if w.ready and w.metrics_port]
-        retired = list(self.retired_metrics)
-        texts = list(retired)
-        for worker in live:
-            try:
-                with urllib.request.urlopen(
-                        f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as reply:
-                    texts.append(reply.read().decode())
-            except OSError:
-                continue  # ending right now: its final numbers arrive with its FINAL report
-        extra = (
-            "# HELP mailsec_workers Worker processes serving now.\n"
-            "# TYPE mailsec_workers gauge\n"
-            f"mailsec_workers {len(live)}\n"
-            "# HELP mailsec_worker_restarts_total Workers replaced after they died.\n"
-            "# TYPE mailsec_worker_restarts_total counter\n"
-            f"mailsec_worker_restarts_total {self.restarts}\n"
-        )
-        return aggregate_exposition(texts) + extra
+        """What /metrics serves: the workers' sums (never waiting for a worker: they push)
+        and the supervisor's own metrics."""
+        live = [w for w in self.workers if w.ready and w.process.poll() is None]
+        self.own_metrics.workers.set(len(live))
+        workers = self.totals.render(w.metrics.decode(errors="replace")
+                                     for w in live if w.metrics)
+        return workers + generate_latest(self.own_metrics.registry).decode()
 
 
 # Settings the running process cannot change in place (socket, identity, metrics listener).

@@ -21,7 +21,7 @@ from . import __version__
 from .dns import DnsOutcome
 from .engine import Analysis
 from .model import AuthResult
-from .policy import Action, Reason, Verdict
+from .policy import Action, Reason, Verdict, possible_dry_run_verdicts, possible_verdicts
 
 # Sub-millisecond resolution at the bottom (a cached check takes ~0.1 ms), DNS timeouts at the top.
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -124,10 +124,10 @@ class Metrics:
 
     def _initialise_label_sets(self) -> None:
         """Create every closed label combination at 0, so rates exist before the first event."""
-        for action in Action:
-            for reason in Reason:
-                self.messages.labels(action.value, reason.value)
-                self.dry_run.labels(action.value, reason.value)
+        for action, reason in possible_verdicts():
+            self.messages.labels(action.value, reason.value)
+        for action, reason in possible_dry_run_verdicts():
+            self.dry_run.labels(action.value, reason.value)
         for method in METHODS:
             for result in RESULTS:
                 self.results.labels(method, result)
@@ -221,16 +221,33 @@ class Metrics:
         self.report_queue.set_function(lambda: float(depth()))
 
 
+class SupervisorMetrics:
+    """The supervisor's own metrics (the workers' are summed beside them on /metrics)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.workers = Gauge(
+            "mailsec_workers",
+            "Worker processes serving now (0: nothing answers the MTA; see MailsecNoWorker).",
+            registry=self.registry)
+        self.worker_restarts = Counter(
+            "mailsec_worker_restarts", "Workers replaced after they died.",
+            registry=self.registry)
+
+
 def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
-    """Every metric family with its type, labels and help, for docs/METRICS.md."""
+    """Every metric family /metrics serves (the workers' and the supervisor's) with its type,
+    labels and help, for docs/METRICS.md."""
     metrics = metrics or Metrics()
+    supervisor = SupervisorMetrics()
     docs: list[MetricDoc] = []
     for collector in (metrics.messages, metrics.dry_run, metrics.results, metrics.dmarc_policy,
                       metrics.dkim_signatures, metrics.tls, metrics.forged, metrics.dns_queries,
                       metrics.dns_seconds, metrics.check_seconds, metrics.message_seconds,
                       metrics.connections_open, metrics.connections, metrics.check_errors,
                       metrics.report_records, metrics.report_dropped, metrics.report_queue,
-                      metrics.report_write_seconds, metrics.build_info):
+                      metrics.report_write_seconds,
+                      metrics.build_info, supervisor.workers, supervisor.worker_restarts):
         for family in collector.describe():
             kind = family.type
             name = family.name + ("_total" if kind == "counter" else "")
@@ -239,44 +256,124 @@ def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
     return docs
 
 
+# Every label's values, in the order the docs list them (the closed sets above), with a note.
+LABEL_VALUES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("verdict", tuple(a.value for a in Action), ""),
+    ("reason", tuple(r.value for r in Reason),
+     "of `mailsec_messages_total` and `mailsec_dry_run_verdicts_total`: what decided the "
+     "verdict (docs/POLICY.md)"),
+    ("method", METHODS, ""),
+    ("result", RESULTS, ""),
+    ("published", POLICIES, "absent: no DMARC policy found"),
+    ("applied", DISPOSITIONS, "not_applied: no DMARC disposition (pass, none, temperror)"),
+    ("algorithm", DKIM_ALGORITHMS, ""),
+    ("key_bits", KEY_SIZES, ""),
+    ("version", TLS_VERSIONS, "of `mailsec_tls_messages_total`"),
+    ("type", DNS_TYPES, "DNS record type"),
+    ("outcome", DNS_OUTCOMES, "DNS"),
+    ("check", CHECKS, ""),
+    ("reason", REPORT_DROP_REASONS, "of `mailsec_report_records_dropped_total`"),
+)
+
+
 def render_markdown() -> str:
+    """The generated part of docs/METRICS.md: metrics, label values, (verdict, reason) pairs."""
     lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for doc in describe():
         labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
         lines.append(f"| `{doc.name}` | {doc.kind} | {labels} | {doc.help} |")
+    lines += ["", "Label values:", "", "| label | values | note |", "|---|---|---|"]
+    for label, values, note in LABEL_VALUES:
+        lines.append(f"| `{label}` | {', '.join(values)} | {note} |")
+    lines += ["", "The (`verdict`, `reason`) pairs that exist; every other pair cannot happen and "
+              "is not exported (`accept` under a refusing reason is dry run):", "",
+              "| `reason` | `verdict` in `mailsec_messages_total` "
+              "| `verdict` in `mailsec_dry_run_verdicts_total` |", "|---|---|---|"]
+    pairs = possible_verdicts()
+    dry = possible_dry_run_verdicts()
+    for reason in Reason:
+        verdicts = ", ".join(a.value for a, r in pairs if r is reason)
+        would = ", ".join(a.value for a, r in dry if r is reason) or "—"
+        lines.append(f"| {reason.value} | {verdicts} | {would} |")
     return "\n".join(lines) + "\n"
 
 
-def aggregate_exposition(texts: Iterable[str]) -> str:
-    """Sum several workers' /metrics texts into one (the supervisor serves this).
+# The value of a sample of one family: (sample name, sorted labels).
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+MONOTONIC = ("counter", "histogram")
 
-    Counters, histograms and gauges add up across workers (connections open in total, messages
-    in total); ``mailsec_build_info`` is the same everywhere and is taken once.
+
+def _families(text: str) -> dict[str, tuple[str, str, dict[SampleKey, float]]]:
+    """A worker's exposition text as {family: (type, help, {sample: value})}."""
+    parsed: dict[str, tuple[str, str, dict[SampleKey, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        samples: dict[SampleKey, float] = {}
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        parsed[family.name] = (family.type, family.documentation, samples)
+    return parsed
+
+
+class WorkerTotals:
+    """The supervisor's sum of its workers' metrics, monotonic across worker deaths.
+
+    Each worker pushes its whole exposition (status pipe, about once a second, and a final one
+    when it ends cleanly); the supervisor keeps the last one per worker. A worker that ends —
+    cleanly, killed or crashed — has its last counters and histograms folded into retained
+    totals, so the sum never loses them; its gauges (connections open) are gone with it. A
+    worker that is slow or stopped counts with the last numbers it pushed. As a last guard, a
+    counter is never served lower than it was served before (float sums of histogram ``_sum``
+    can differ in the last bit when the order of addition changes).
     """
-    families: dict[str, tuple[str, str]] = {}  # name -> (type, help), first seen order
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            families.setdefault(family.name, (family.type, family.documentation))
-            bucket = values.setdefault(family.name, {})
-            for sample in family.samples:
-                if sample.name.endswith("_created"):
-                    continue
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if family.name == "mailsec_build_info":
-                    bucket[key] = max(bucket.get(key, 0.0), sample.value)
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, tuple[str, str]] = {}  # family -> (type, help), first-seen order
+        self.retained: dict[str, dict[SampleKey, float]] = {}
+        self.served: dict[tuple[str, SampleKey], float] = {}
+
+    def _learn(self, name: str, kind: str, doc: str) -> dict[SampleKey, float]:
+        self.kinds.setdefault(name, (kind, doc))
+        return self.retained.setdefault(name, {})
+
+    def retire(self, text: str) -> None:
+        """Fold an ended worker's last numbers into the totals."""
+        for name, (kind, doc, samples) in _families(text).items():
+            kept = self._learn(name, kind, doc)
+            for key, value in samples.items():
+                if kind in MONOTONIC:
+                    kept[key] = kept.get(key, 0.0) + value
+                elif name == "mailsec_build_info":
+                    kept[key] = max(kept.get(key, 0.0), value)
                 else:
-                    bucket[key] = bucket.get(key, 0.0) + sample.value
-    lines: list[str] = []
-    for name, (kind, doc) in families.items():
-        shown = f"{name}_total" if kind == "counter" else name
-        lines.append(f"# HELP {shown} {doc}")
-        lines.append(f"# TYPE {shown} {kind}")
-        for (sample_name, labels), value in values[name].items():
-            rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-            lines.append(f"{sample_name}{{{rendered}}} {value!r}" if rendered
-                         else f"{sample_name} {value!r}")
-    return "\n".join(lines) + ("\n" if lines else "")
+                    kept.setdefault(key, 0.0)  # the series stays, at 0 when no worker runs
+
+    def render(self, live: Iterable[str]) -> str:
+        """Retained totals plus the last numbers of every live worker, as exposition text."""
+        values = {name: dict(samples) for name, samples in self.retained.items()}
+        for text in live:
+            for name, (kind, doc, samples) in _families(text).items():
+                self._learn(name, kind, doc)
+                bucket = values.setdefault(name, {})
+                for key, value in samples.items():
+                    if name == "mailsec_build_info":
+                        bucket[key] = max(bucket.get(key, 0.0), value)
+                    else:
+                        bucket[key] = bucket.get(key, 0.0) + value
+        lines: list[str] = []
+        for name, (kind, doc) in self.kinds.items():
+            shown = f"{name}_total" if kind == "counter" else name
+            lines.append(f"# HELP {shown} {doc}")
+            lines.append(f"# TYPE {shown} {kind}")
+            for key, value in values.get(name, {}).items():
+                if kind in MONOTONIC:
+                    value = max(value, self.served.get((name, key), 0.0))
+                    self.served[(name, key)] = value
+                sample_name, labels = key
+                rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+                lines.append(f"{sample_name}{{{rendered}}} {value!r}" if rendered
+                             else f"{sample_name} {value!r}")
+        return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _escape_label(value: str) -> str:

@@ -46,6 +46,44 @@ class Reason(StrEnum):
     UNUSABLE_FROM = "unusable_from"  # no author domain to evaluate, or too many to evaluate
 
 
+# Every (action, reason) pair decide() can return with dry run off: the metrics create exactly
+# these label pairs at start-up (a pair that cannot happen would be a series that is always 0).
+# A new Reason needs its row here; tests/unit/test_policy.py checks the table against decide().
+ACTIONS_FOR_REASON: dict[Reason, frozenset[Action]] = {
+    Reason.DMARC_PASS: frozenset({Action.ACCEPT}),
+    Reason.NO_POLICY: frozenset({Action.ACCEPT}),
+    # p=none (or sampled out) accepts; quarantine and reject as published.
+    Reason.DMARC_POLICY: frozenset({Action.ACCEPT, Action.QUARANTINE, Action.REJECT}),
+    Reason.LOCAL_OVERRIDE: frozenset({Action.ACCEPT, Action.QUARANTINE, Action.REJECT}),
+    Reason.TRUSTED_ARC_SEALER: frozenset({Action.ACCEPT}),
+    Reason.SPF_FAIL: frozenset({Action.REJECT}),
+    Reason.TLS_REQUIRED: frozenset({Action.REJECT}),
+    Reason.DNS_TEMPERROR: frozenset({Action.TEMPFAIL}),
+    Reason.INTERNAL_ERROR: frozenset({Action.TEMPFAIL}),
+    Reason.TRUSTED_NETWORK: frozenset({Action.ACCEPT}),
+    Reason.AUTHENTICATED: frozenset({Action.ACCEPT}),
+    # rows 5a/5b: too many author domains rejects; none readable per [policy] unusable_from
+    Reason.UNUSABLE_FROM: frozenset({Action.QUARANTINE, Action.REJECT}),
+}
+
+
+def possible_verdicts() -> list[tuple[Action, Reason]]:
+    """Every (action, reason) pair a message can be counted under, dry run included (it
+    accepts what would have been refused, under the same reason)."""
+    pairs = {(action, reason) for reason, actions in ACTIONS_FOR_REASON.items()
+             for action in actions}
+    pairs |= {(Action.ACCEPT, reason) for action, reason in set(pairs)
+              if action is not Action.ACCEPT}
+    return sorted(pairs, key=lambda pair: (list(Action).index(pair[0]),
+                                           list(Reason).index(pair[1])))
+
+
+def possible_dry_run_verdicts() -> list[tuple[Action, Reason]]:
+    """The pairs dry run can record as "would have": the refusing ones."""
+    return [(action, reason) for action, reason in possible_verdicts()
+            if action is not Action.ACCEPT]
+
+
 class OverrideReason(StrEnum):
     """Why the applied disposition differs from the evaluated one (RFC 7489 §7.2 words)."""
 

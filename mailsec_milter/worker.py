@@ -1,11 +1,14 @@
 """One worker process: libmilter's main loop on a listening socket inherited from the supervisor.
 
-Owns: the wiring inside a worker (runtime, callbacks, libmilter on ``fd:N``), its private
-metrics endpoint, and reporting to the supervisor over a status pipe: ``READY <port>`` once it
-serves, and its final metrics when libmilter's loop has ended.
+Owns: the wiring inside a worker (runtime, callbacks, libmilter on ``fd:N``) and reporting to
+the supervisor over a status pipe: ``READY`` once it serves, its metrics (pushed about once a
+second while they change, and a final push when libmilter's loop has ended), reload replies.
+No network listener of its own: the supervisor serves /metrics from what the workers push.
 Must not: open sockets to the MTA, change users, or handle reloads: the supervisor
 (daemon.py) does those. libmilter's own signal thread handles SIGTERM here: it stops
-accepting, lets sessions finish, and run_worker() returns.
+accepting, lets sessions finish, and run_worker() returns. It must never outlive the
+supervisor: the kernel kills it when the supervisor dies (PR_SET_PDEATHSIG), and it exits when
+its control pipe reaches end of file.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import signal
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -33,7 +37,7 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA  # noqa: F401
 import Milter
 import milter as libmilter
-from prometheus_client import disable_created_metrics, generate_latest, start_http_server
+from prometheus_client import disable_created_metrics, generate_latest
 
 from .config import Settings, settings_from_mapping
 from .dns import CachingResolver, ResolverSettings
@@ -63,14 +67,71 @@ def block_milter_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, MILTER_SIGNALS)
 
 
-def die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies, so no worker is left orphaned
-    holding the listening socket (libmilter then stops gracefully)."""
+def die_with_parent(supervisor_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when the supervisor dies, so no worker is ever left
+    orphaned holding the milter port (the next start could not bind it).
+
+    SIGKILL, not SIGTERM: SIGTERM is blocked in every thread but libmilter's signal thread,
+    which is gone once libmilter's loop has ended (e.g. while draining), so an orphan could
+    ignore it forever. The death signal fires when the *thread* that forked us ends; the
+    supervisor forks from its only thread, so that is the supervisor's death. If the
+    supervisor died before the request took effect, the parent is already someone else: go.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        pass  # the control pipe's end of file still ends us (follow_control)
+    if os.getppid() != supervisor_pid:
+        os._exit(1)
+
+
+class StatusPipe:
+    """The worker's end of the status pipe: one whole message at a time, from any thread.
+
+    Lines (``READY``, ``RELOADED``, ``RELOAD-FAILED <why>``) and metrics frames
+    (``METRICS <bytes>`` or ``FINAL <bytes>`` then the exposition text).
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> bool:
+        return self._write(text.encode() + b"\n")
+
+    def frame(self, kind: str, payload: bytes) -> bool:
+        return self._write(b"%s %d\n" % (kind.encode(), len(payload)) + payload)
+
+    def _write(self, data: bytes) -> bool:
+        with self.lock:
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):  # the supervisor is gone, or we are closing
+                return False
+        return True
+
+
+# How often a worker pushes its metrics while they change. A worker killed with SIGKILL loses
+# the increments of at most this long (its last push is kept); a clean exit loses nothing.
+METRICS_PUSH_INTERVAL = 1.0
+
+
+def push_metrics(status: StatusPipe, metrics: Metrics, stop: threading.Event) -> None:
+    """Push the whole exposition when it changed since the last push (idle: nothing sent).
+
+    Pushed, not pulled: a slow or stopped worker cannot delay /metrics, and the supervisor
+    always has recent numbers of a worker that then dies.
+    """
+    last = b""
+    while True:
+        text = generate_latest(metrics.registry)
+        if text != last and not status.frame("METRICS", text):
+            return
+        last = text
+        if stop.wait(METRICS_PUSH_INTERVAL):
+            return
 
 
 def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics,
@@ -133,12 +194,25 @@ def register_callbacks() -> None:
     )
 
 
-def drain(limit: float) -> None:
+# Set when libmilter's main loop has returned in this worker.
+LOOP_ENDED = threading.Event()
+# How long a drained worker waits for libmilter's loop to notice the stop: its listener checks
+# the stop flag between polls of 5 s (MI_CHK_TIME), holding a lock that smfi_stop() waits for.
+LOOP_STOP_GRACE = 8.0
+
+
+def drain(limit: float, final_report: Callable[[], None]) -> None:
     """Stop gracefully: refuse new MTA connections (tempfail), let the open ones finish
     (bounded by ``limit``), then stop libmilter's loop.
 
     libmilter's own stop (its reaction to SIGTERM) does not do this: sessions in flight stall
     and are cut when the process ends, leaving the MTA to its milter_default_action.
+    libmilter's stop is only a flag its listener checks between polls, under a lock the
+    listener holds while it polls and accepts. Should the listener ever block (the shared
+    socket is non-blocking so that it does not: see daemon.share_nonblocking), stop() would
+    wait for ever and no signal would end the loop. So stop() runs on its own thread, and when
+    the loop has not ended in time this worker reports its final numbers and exits by itself
+    — no session is open any more.
     """
     start_draining()
     deadline = time.monotonic() + limit
@@ -146,22 +220,35 @@ def drain(limit: float) -> None:
         time.sleep(0.05)
     if open_sessions():
         log.warning("stopping with %d session(s) still open", open_sessions())
-    libmilter.stop()
+    threading.Thread(target=libmilter.stop, name="stop", daemon=True).start()
+    if not LOOP_ENDED.wait(LOOP_STOP_GRACE):
+        log.warning("libmilter's loop did not end after the stop; exiting without it")
+        final_report()
+        logging.shutdown()
+        os._exit(0)
 
 
-def follow_control(control_fd: int, status: IO[str], pool: ThreadPoolExecutor,
-                   metrics: Metrics) -> None:
-    """Reload on the supervisor's word: ``RELOAD <length>`` then that many bytes of
-    configuration. The new runtime serves messages that start from now on; messages in flight
-    keep the runtime they started with, and libmilter never stops, so no session is cut."""
+def follow_control(control_fd: int, status: StatusPipe, pool: ThreadPoolExecutor,
+                   metrics: Metrics, final_report: Callable[[], None]) -> None:
+    """Follow the supervisor's word until it is gone.
+
+    ``RELOAD <length>`` then that many bytes of configuration: the new runtime serves messages
+    that start from now on; messages in flight keep the runtime they started with, and
+    libmilter never stops, so no session is cut. ``DRAIN <seconds>``: stop gracefully (on its
+    own thread, so this one keeps watching). End of file: the supervisor died (normally the
+    kernel has killed us already, see die_with_parent): exit at once, whatever the other
+    threads are blocked in — an orphan would hold the milter port.
+    """
     with os.fdopen(control_fd, "rb") as control:
         while True:
             line = control.readline()
             if not line:
-                return  # the supervisor is gone (PR_SET_PDEATHSIG ends us too)
+                log.error("the supervisor is gone; exiting")
+                os._exit(1)
             if line.startswith(b"DRAIN "):
-                drain(float(line.split()[1]))
-                return
+                threading.Thread(target=drain, args=(float(line.split()[1]), final_report),
+                                 name="drain", daemon=True).start()
+                continue
             if not line.startswith(b"RELOAD "):
                 continue
             text = control.read(int(line.split()[1])).decode("utf-8")
@@ -171,25 +258,22 @@ def follow_control(control_fd: int, status: IO[str], pool: ThreadPoolExecutor,
                 runtime = build_runtime(settings, pool, metrics, recorder)
             except Exception as exc:  # validated by the supervisor: this would be a bug
                 log.exception("reload failed in the worker")
-                reply = f"RELOAD-FAILED {type(exc).__name__}\n"
+                reply = f"RELOAD-FAILED {type(exc).__name__}"
             else:
                 old = install_runtime(runtime)
                 if old is not None:
                     old.engine.resolver.close()
                     _retire_recorder(old.recorder, recorder)
-                reply = "RELOADED\n"
-            try:
-                status.write(reply)
-                status.flush()
-            except OSError:
-                return
+                reply = "RELOADED"
+            status.line(reply)
 
 
-def run_worker(config_text: str, listen_fd: int, status: IO[str], metrics_enabled: bool,
-               control_fd: int | None = None) -> int:
+def run_worker(config_text: str, listen_fd: int, status_stream: IO[bytes],
+               metrics_enabled: bool, control_fd: int | None = None,
+               supervisor_pid: int | None = None) -> int:
     """Serve until libmilter's loop ends; return the exit status."""
     block_milter_signals()
-    die_with_parent()
+    die_with_parent(os.getppid() if supervisor_pid is None else supervisor_pid)
     # See daemon.py: one switch, process-global in prometheus_client.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     settings = settings_from_mapping(tomllib.loads(config_text))
@@ -198,10 +282,18 @@ def run_worker(config_text: str, listen_fd: int, status: IO[str], metrics_enable
     metrics = Metrics()
     install_runtime(build_runtime(settings, pool, metrics,
                                   recorder_for(settings, metrics, None)))
-    port = 0
-    if metrics_enabled:
-        server, _thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
-        port = int(server.server_port)
+    status = StatusPipe(status_stream)
+
+    def final_report() -> None:
+        """The last numbers: the supervisor folds them into its totals, so counters never go
+        backwards when a worker retires (restart after a crash, stop). The report recorder is
+        flushed first, so its counts are in them and graceful stop loses no record."""
+        recorder = current_runtime().recorder
+        if recorder is not None:
+            recorder.stop()
+        if metrics_enabled:
+            status.frame("FINAL", generate_latest(metrics.registry))
+
     register_callbacks()
     try:
         libmilter.setconn(f"fd:{listen_fd}")
@@ -210,25 +302,22 @@ def run_worker(config_text: str, listen_fd: int, status: IO[str], metrics_enable
         log.error("worker cannot use the inherited socket fd:%d: %s", listen_fd, exc)
         return 1
     if control_fd is not None:
-        threading.Thread(target=follow_control, args=(control_fd, status, pool, metrics),
+        threading.Thread(target=follow_control,
+                         args=(control_fd, status, pool, metrics, final_report),
                          name="control", daemon=True).start()
-    status.write(f"READY {port}\n")
-    status.flush()
+    stop_pushing = threading.Event()
+    if metrics_enabled:
+        threading.Thread(target=push_metrics, args=(status, metrics, stop_pushing),
+                         name="metrics-push", daemon=True).start()
+    status.line("READY")
     try:
         libmilter.main()
     except libmilter.error as exc:
         log.error("milter main loop failed: %s", exc)
         return 1
     finally:
+        LOOP_ENDED.set()
+        stop_pushing.set()
         pool.shutdown(wait=False, cancel_futures=False)
-        recorder = current_runtime().recorder
-        if recorder is not None:
-            recorder.stop()  # flush the queue: graceful stop loses no record
-        # The supervisor adds these to its totals, so counters never go backwards when a
-        # worker retires (reload, restart after a crash).
-        try:
-            status.write("FINAL\n" + generate_latest(metrics.registry).decode())
-            status.close()
-        except OSError:
-            pass
+        final_report()
     return 0

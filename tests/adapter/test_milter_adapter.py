@@ -10,6 +10,7 @@ import ctypes
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,7 +242,10 @@ def test_metrics_endpoint_counts_messages(milter: MilterProcess) -> None:
 
     before = accepted(scrape())
     session(milter, message())
-    after_text = scrape()
+    # The workers push their numbers about once a second; /metrics does not wait for them.
+    deadline = time.monotonic() + 20
+    while accepted(after_text := scrape()) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert accepted(after_text) == before + 1
     assert 'mailsec_dns_queries_total{outcome="answer",type="TXT"}' in after_text
     assert "mailsec_connections_total" in after_text

@@ -140,6 +140,20 @@ def scrape_total(metrics_url: str) -> float:
                if line.startswith("mailsec_messages_total{"))
 
 
+def settled_total(metrics_url: str) -> float:
+    """The daemon's message count once its workers have pushed their latest numbers (they
+    push about once a second while numbers change): two equal reads 1.5 s apart."""
+    previous = scrape_total(metrics_url)
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        time.sleep(1.5)
+        current = scrape_total(metrics_url)
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError(f"{metrics_url}: the message count did not settle")
+
+
 @dataclass
 class Scene:
     prometheus: Prometheus
@@ -191,7 +205,7 @@ def _scene(workdir: Path) -> Iterator[Scene]:
 def _wait_for_counts(server: Prometheus, milters: tuple[MilterProcess, ...]) -> None:
     """Until Prometheus holds every daemon's current message count, and then for two more
     scrapes (scrape_interval is 1s)."""
-    expected = {str(m.config["metrics"]["listen"]): scrape_total(str(m.metrics_url))
+    expected = {str(m.config["metrics"]["listen"]): settled_total(str(m.metrics_url))
                 for m in milters}
 
     def scraped() -> bool:
@@ -421,6 +435,9 @@ INNER: dict[str, list[str]] = {
                               "instance:mailsec_message_duration_seconds_count:rate10m"],
     "MailsecCheckErrors": ["sum by (job, instance, check) "
                            "(increase(mailsec_check_errors_total[10m]))"],
+    "MailsecNoWorker": ["mailsec_workers"],
+    # Its baselines (offset 30m, 1d) have no data in a Prometheus minutes old.
+    "MailsecNoTraffic": ["sum by (job, instance) (increase(mailsec_connections_total[30m]))"],
 }
 
 

@@ -61,6 +61,11 @@ def test_the_issue_alerts_are_there() -> None:
     assert exprs["MailsecMilterDown"].strip() == f'up{{job="{tools.JOB}"}} == 0'
     assert exprs["MailsecMilterNotScraped"].strip() == f'absent(up{{job="{tools.JOB}"}})'
     assert "p99" in exprs["MailsecProcessingSlow"]
+    assert exprs["MailsecNoWorker"].strip() == "mailsec_workers == 0"
+    # Silence now, against traffic before it and against the same time a day earlier.
+    no_traffic = exprs["MailsecNoTraffic"]
+    assert "increase(mailsec_connections_total[30m])) == 0" in no_traffic
+    assert "[30m] offset 30m" in no_traffic and "[30m] offset 1d" in no_traffic
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:

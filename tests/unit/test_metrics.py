@@ -12,7 +12,7 @@ from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome
 from mailsec_milter.dns import DnsOutcome
 from mailsec_milter.engine import Analysis, CheckError
-from mailsec_milter.metrics import Metrics, describe, render_markdown
+from mailsec_milter.metrics import Metrics, WorkerTotals, describe, render_markdown
 from mailsec_milter.model import AuthResult
 from mailsec_milter.policy import Action, Reason, Verdict
 
@@ -106,3 +106,79 @@ def test_names_follow_prometheus_conventions() -> None:
 def test_metrics_doc_matches_the_code() -> None:
     assert render_markdown() in (REPO / "docs" / "METRICS.md").read_text(), (
         "docs/METRICS.md is stale: run scripts/gen-docs.sh")
+
+
+def test_impossible_verdict_reason_pairs_are_not_exported() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    assert 'mailsec_messages_total{reason="spf_fail",verdict="reject"} 0.0' in text
+    assert 'mailsec_messages_total{reason="spf_fail",verdict="accept"} 0.0' in text  # dry run
+    for impossible in ('reason="dmarc_pass",verdict="reject"',
+                       'reason="authenticated",verdict="tempfail"',
+                       'reason="spf_fail",verdict="quarantine"'):
+        assert f"mailsec_messages_total{{{impossible}}}" not in text
+    assert 'mailsec_dry_run_verdicts_total{reason="dmarc_pass"' not in text
+    assert 'mailsec_dry_run_verdicts_total{reason="dmarc_policy",verdict="reject"}' in text
+
+
+def test_the_docs_list_every_reason_and_the_supervisors_metrics() -> None:
+    table = render_markdown()
+    for reason in Reason:
+        assert f"| {reason.value} |" in table
+    reason_row = next(line for line in table.splitlines() if line.startswith("| `reason` |"))
+    assert all(reason.value in reason_row for reason in Reason)
+    assert "`mailsec_workers`" in table and "`mailsec_worker_restarts_total`" in table
+
+
+def exposition(messages: float, open_now: float, seconds_sum: float = 0.5) -> str:
+    """A worker's push: one counter, one gauge, one histogram and the build info."""
+    return (
+        "# HELP mailsec_messages_total Messages.\n# TYPE mailsec_messages_total counter\n"
+        f'mailsec_messages_total{{reason="dmarc_pass",verdict="accept"}} {messages}\n'
+        "# HELP mailsec_connections_open Open.\n# TYPE mailsec_connections_open gauge\n"
+        f"mailsec_connections_open {open_now}\n"
+        "# HELP mailsec_message_duration_seconds T.\n"
+        "# TYPE mailsec_message_duration_seconds histogram\n"
+        f'mailsec_message_duration_seconds_bucket{{le="+Inf"}} {messages}\n'
+        f"mailsec_message_duration_seconds_count {messages}\n"
+        f"mailsec_message_duration_seconds_sum {seconds_sum}\n"
+        "# HELP mailsec_build_info B.\n# TYPE mailsec_build_info gauge\n"
+        'mailsec_build_info{python="3.11",version="1"} 1.0\n')
+
+
+def values(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if not line.startswith("#")}
+
+
+def test_an_ended_workers_counters_stay_and_its_gauges_go() -> None:
+    totals = WorkerTotals()
+    both = values(totals.render([exposition(5, 2), exposition(3, 1)]))
+    assert both['mailsec_messages_total{reason="dmarc_pass",verdict="accept"}'] == 8
+    assert both["mailsec_connections_open"] == 3
+    assert both["mailsec_build_info{python=\"3.11\",version=\"1\"}"] == 1
+    totals.retire(exposition(5, 2))  # the first worker died; this was its last push
+    after = values(totals.render([exposition(3, 1)]))
+    assert after['mailsec_messages_total{reason="dmarc_pass",verdict="accept"}'] == 8
+    assert after['mailsec_message_duration_seconds_bucket{le="+Inf"}'] == 8
+    assert after["mailsec_message_duration_seconds_count"] == 8
+    assert after["mailsec_connections_open"] == 1  # its open connections are gone with it
+    assert after["mailsec_build_info{python=\"3.11\",version=\"1\"}"] == 1
+    totals.retire(exposition(3, 1))  # no worker left: counters stay, the gauge reads 0
+    none = values(totals.render([]))
+    assert none['mailsec_messages_total{reason="dmarc_pass",verdict="accept"}'] == 8
+    assert none["mailsec_connections_open"] == 0
+
+
+def test_a_served_counter_is_never_served_lower() -> None:
+    """Float sums depend on the order of addition: (0.1 + 0.2) + 0.6 is 0.9, but once the
+    third worker ended its share is added first, (0.6 + 0.1) + 0.2 is 0.8999999999999999."""
+    totals = WorkerTotals()
+    name = "mailsec_message_duration_seconds_sum"
+    first = values(totals.render([exposition(1, 0, 0.1), exposition(1, 0, 0.2),
+                                  exposition(1, 0, 0.6)]))
+    assert first[name] == 0.9
+    totals.retire(exposition(1, 0, 0.6))
+    second = values(totals.render([exposition(1, 0, 0.1), exposition(1, 0, 0.2)]))
+    assert second[name] == 0.9
+    third = values(totals.render([exposition(2, 0, 0.15), exposition(1, 0, 0.2)]))
+    assert third[name] > 0.9

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from mailsec_milter.checks.arc import ArcOutcome, ArcSet
 from mailsec_milter.checks.dkim import DkimOutcome, DkimSignatureOutcome
 from mailsec_milter.checks.dmarc import DmarcOutcome, DomainEvaluation, Policy
 from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
@@ -13,7 +15,15 @@ from mailsec_milter.checks.tls import TlsOutcome
 from mailsec_milter.config import settings_from_mapping
 from mailsec_milter.engine import Analysis, CheckError
 from mailsec_milter.model import AuthResult, Envelope, normalise_ip
-from mailsec_milter.policy import Action, OverrideReason, Reason, decide
+from mailsec_milter.policy import (
+    ACTIONS_FOR_REASON,
+    Action,
+    OverrideReason,
+    Reason,
+    decide,
+    possible_dry_run_verdicts,
+    possible_verdicts,
+)
 
 R = AuthResult
 DOMAIN = "bank.example"
@@ -272,3 +282,63 @@ def test_hostile_domain_text_cannot_break_the_reply_line() -> None:
                      settings())
     assert verdict.reply is not None
     assert "\r" not in verdict.reply.text and "\n" not in verdict.reply.text
+
+
+SEALER = "lists.example"
+ARC_PASS = ArcOutcome(AuthResult.PASS, 1, 1, (ArcSet(1, SEALER, True, True, "none",
+                                                     (("dmarc", "pass"),), DOMAIN),), SEALER)
+ARC_TEMPERROR = ArcOutcome(AuthResult.TEMPERROR, 1, newest_sealer=SEALER)
+
+
+def every_verdict(dry_run: bool) -> set[tuple[Action, Reason, Action | None]]:
+    """decide() over a grid of inputs that reaches every row of the table."""
+    outcomes: list[DmarcOutcome | None] = [
+        None, dmarc(R.PASS), dmarc(R.NONE, None), dmarc(R.PERMERROR, None),
+        # rows 5a/5b: too many author domains; not one readable
+        replace(dmarc(R.PERMERROR, None), incomplete=True), DmarcOutcome(R.PERMERROR)]
+    for policy in (Policy.REJECT, Policy.QUARANTINE, Policy.NONE, None):
+        outcomes.append(dmarc(R.TEMPERROR, policy))
+        if policy is not None:
+            outcomes.append(dmarc(R.FAIL, policy))
+            outcomes.append(dmarc(R.FAIL, policy, Policy.NONE, sampled=False))
+    envelopes = [ENVELOPE, Envelope(client_ip="198.51.100.7", sasl_user="alice"),
+                 Envelope(client_ip="192.0.2.1")]
+    configurations: list[dict[str, Any]] = [
+        {}, {"reject_on_spf_fail": True}, {"tls_required_domains": [DOMAIN]},
+        {"on_internal_error": "accept"}, {"on_dns_temperror": "accept"},
+        {"downgrade_reject": True}, {"trusted_networks": ["192.0.2.0/24"]},
+        {"trusted_arc_sealers": [SEALER]}, {"skip_authenticated": False},
+        {"unusable_from": "reject"}, {"unusable_from": "accept"},
+        *({"domain_overrides": {DOMAIN: o}} for o in ("reject", "quarantine", "never_reject",
+                                                        "accept"))]
+    seen: set[tuple[Action, Reason, Action | None]] = set()
+    for config in configurations:
+        chosen = settings(**config, dry_run=dry_run)
+        for outcome in outcomes:
+            for spf in (R.FAIL, R.PASS, R.TEMPERROR):
+                for arc in (ArcOutcome(), ARC_PASS, ARC_TEMPERROR):
+                    for errors in ((), (CheckError("dkim", "boom"),)):
+                        for tls in (False, True):
+                            message = replace(analysis(outcome, spf=spf, tls=tls,
+                                                       errors=errors), arc=arc)
+                            for envelope in envelopes:
+                                verdict = decide(message, envelope, chosen)
+                                seen.add((verdict.action, verdict.reason,
+                                          verdict.dry_run_action))
+    return seen
+
+
+def test_the_table_of_possible_verdicts_is_exactly_what_decide_returns() -> None:
+    """The metrics create exactly these (verdict, reason) series: a pair decide() returns
+    that is missing would appear late; a pair it never returns would be a series stuck at 0."""
+    table = {(action, reason) for reason, actions in ACTIONS_FOR_REASON.items()
+             for action in actions}
+    assert set(ACTIONS_FOR_REASON) == set(Reason)
+    assert {(action, reason) for action, reason, _ in every_verdict(False)} == table
+
+
+def test_dry_run_verdicts_are_among_the_possible_ones() -> None:
+    seen = every_verdict(True)
+    assert {(action, reason) for action, reason, _ in seen} <= set(possible_verdicts())
+    would = {(would, reason) for _, reason, would in seen if would is not None}
+    assert would == set(possible_dry_run_verdicts())
