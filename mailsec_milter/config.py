@@ -196,6 +196,17 @@ def _domain_overrides(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
+def _absolute_path(value: Any) -> str:
+    text = _str(value)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r}: expected an absolute path")
+    return text
+
+
+# The facilities logsetup.FACILITIES maps (kept here too: config imports no logging code).
+FACILITY_NAMES = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
+
+
 def _header_name(value: Any) -> str:
     name = _str(value)
     if not re.fullmatch(r"[!-9;-~]+", name):  # fullmatch: "$" would let a final "\n" in
@@ -332,7 +343,15 @@ KEYS: tuple[Key, ...] = (
         "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
         "off.", "address"),
     Key("log", "level", "info", _choice("debug", "info", "warning", "error"),
-        "Log level on stderr.", "choice"),
+        "Lowest level logged.", "choice"),
+    Key("log", "target", "stderr", _choice("stderr", "syslog"),
+        "stderr (journald under systemd, which forwards to syslog with the unit's "
+        "SyslogFacility=mail) or syslog: RFC 3164 datagrams to syslog_socket, so the lines "
+        "land in mail.log beside Postfix's. Changes on restart.", "choice"),
+    Key("log", "facility", "mail", _choice(*FACILITY_NAMES),
+        "Syslog facility for target syslog: mail, daemon, user or local0..local7.", "choice"),
+    Key("log", "syslog_socket", "/dev/log", _absolute_path,
+        "The local syslog socket (unix datagram) for target syslog.", "path"),
 )
 
 
@@ -433,6 +452,9 @@ class Settings:
     tempfail_reply: Reply
     metrics_listen: str
     log_level: str
+    log_target: str
+    log_facility: str
+    log_syslog_socket: str
 
     def domain_override(self, domain: str) -> str | None:
         """The operator's override for an author domain, if any (exact domain match)."""

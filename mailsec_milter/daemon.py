@@ -3,10 +3,10 @@
 Owns: the process tree. The supervisor opens the MTA-facing socket itself (TCP_NODELAY, unix
 socket mode/group, or the one systemd passes), drops privileges, and runs ``workers`` worker
 processes (worker.py) that each run libmilter on that inherited socket. It alone handles
-signals: SIGHUP starts a new generation of workers with the new configuration and retires the
-old one once the new one serves (sessions in flight finish on the old); a broken
-configuration is refused and the old generation keeps running. SIGTERM/SIGINT retire all
-workers gracefully. /metrics sums the workers' metrics.
+signals: SIGHUP validates the new configuration and sends it to every worker, which swaps it
+in place (worker.follow_control; a message keeps the configuration that was current at its
+MAIL FROM event); a broken configuration is refused and the workers keep the old one.
+SIGTERM/SIGINT retire all workers gracefully. /metrics sums the workers' metrics.
 Must not: contain mail logic, start threads (workers are forked from it), or run libmilter:
 a process running libmilter has libmilter's signal thread, which treats SIGHUP as "stop" —
 keeping it out of the supervisor is what makes reload safe.
@@ -33,6 +33,7 @@ from prometheus_client import disable_created_metrics
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .logsetup import log_fds
 from .metrics import aggregate_exposition
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
@@ -277,7 +278,7 @@ class Supervisor:
             code = 1
             try:
                 os.setsid()  # a terminal's Ctrl-C goes to the supervisor, which coordinates
-                keep = {0, 1, 2, listen_fd, status_write, control_read}
+                keep = {0, 1, 2, listen_fd, status_write, control_read, *log_fds()}
                 for name in os.listdir("/proc/self/fd"):
                     if int(name) not in keep:
                         with contextlib.suppress(OSError):
@@ -441,6 +442,7 @@ class Supervisor:
                 worker.process.send_signal(signal.SIGTERM)
         self.settings = replace(settings, **{k: getattr(self.settings, k) for k in RESTART_KEYS})
         self.config_text = text
+        logging.getLogger().setLevel(self.settings.log_level.upper())
         if problems:
             log.warning("reloaded, but %s only change on restart", ", ".join(problems))
         log.info("configuration reloaded from %s", self.config_path or "embedded defaults")
@@ -516,7 +518,8 @@ class Supervisor:
 
 
 # Settings the running process cannot change in place (socket, identity, metrics listener).
-RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen", "workers")
+RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen", "workers",
+                "log_target", "log_facility", "log_syslog_socket")
 
 
 def run(settings: Settings, config_path: str | None = None,

@@ -141,6 +141,7 @@ def follow_control(control_fd: int, status: IO[str], pool: ThreadPoolExecutor,
                 reply = f"RELOAD-FAILED {type(exc).__name__}\n"
             else:
                 old = install_runtime(runtime)
+                logging.getLogger().setLevel(runtime.settings.log_level.upper())
                 if old is not None:
                     old.engine.resolver.close()
                 reply = "RELOADED\n"
