@@ -15,6 +15,7 @@ keeping it out of the supervisor is what makes reload safe.
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import http.server
 import logging
@@ -81,6 +82,27 @@ def open_listener(spec: str, backlog: int = 512) -> socket.socket:
     sock.listen(backlog)
     set_nodelay(sock)
     return sock
+
+
+def socket_error_hint(spec: str, exc: OSError) -> str:
+    """For a unix socket the daemon cannot create: which directory is the problem and how to
+    fix it (the usual cause is a socket inside Postfix's queue directory for its chroot)."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("unix", "local"):
+        return ""
+    folder = Path(rest).parent
+    socket_unit = (f"; or let systemd create the socket: mailsec-milter.socket with "
+                   f"ListenStream={rest} (systemd/postfix-chroot.conf, docs/MILTER_README.md)")
+    if isinstance(exc, FileNotFoundError) and not folder.is_dir():
+        return (f". The directory {folder} does not exist: create it for the milter's user "
+                f"(install -d -o mailsec-milter -g postfix -m 0750 {folder})" + socket_unit)
+    if exc.errno == errno.EROFS:
+        return (f". {folder} is read-only here (the unit's ProtectSystem=strict): add "
+                f"ReadWritePaths={folder} in a drop-in" + socket_unit)
+    if isinstance(exc, PermissionError):
+        return (f". This user may not create files in {folder}: make the directory writable "
+                f"for the milter's user" + socket_unit)
+    return ""
 
 
 def systemd_listener() -> socket.socket | None:
@@ -238,7 +260,8 @@ class Supervisor:
             if activated is None and self.listener.family == socket.AF_UNIX:
                 apply_socket_permissions(self.settings)
         except OSError as exc:
-            log.error("cannot open milter socket %s: %s", self.settings.socket, exc)
+            log.error("cannot open milter socket %s: %s%s", self.settings.socket, exc,
+                      socket_error_hint(self.settings.socket, exc))
             return 1
         if self.settings.metrics_listen:
             try:
