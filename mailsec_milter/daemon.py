@@ -465,10 +465,10 @@ class Supervisor:
                 worker.process.send_signal(signal.SIGTERM)
         self.settings = replace(settings, **{k: getattr(self.settings, k) for k in RESTART_KEYS})
         self.config_text = text
-        logging.getLogger().setLevel(self.settings.log_level.upper())
         if problems:
             log.warning("reloaded, but %s only change on restart", ", ".join(problems))
         log.info("configuration reloaded from %s", self.config_path or "embedded defaults")
+        logging.getLogger().setLevel(self.settings.log_level.upper())  # after saying so
         sd_notify("READY=1\nSTATUS=configuration reloaded")
         return True
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 
 from mailsec_milter.testing import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
-from tests.support.milterproc import MilterProcess
+from tests.support.milterproc import MilterProcess, render_toml
 from tests.unit.test_logging_setup import RFC3164, parse_logfmt
 
 LOG_MAIL = 2
@@ -122,3 +124,37 @@ def test_an_unreachable_syslog_socket_is_a_clear_start_error(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="exited early"):
         process.start(timeout=20)
     assert f"cannot reach the syslog socket {missing}" in process.log()
+
+
+def test_a_reload_changes_the_log_level_in_the_workers(receiver: SyslogReceiver) -> None:
+    """[log] level takes effect on reload (target, facility and socket need a restart)."""
+    with DnsTestServer() as dns:
+        config: dict[str, dict[str, Any]] = {
+            "dns": {"nameservers": [dns.nameserver], "timeout": "1s"}}
+        process = SyslogMilter(config, receiver)
+        with process:
+            assert process.process is not None
+
+            def send(queue_id: str) -> None:
+                with mc.MilterClient.connect(process.socket_spec) as client:
+                    client.send_message(
+                        b"From: a@sender.example\r\nTo: b@example.net\r\n\r\nbody\r\n",
+                        client_ip="192.0.2.10", helo="h.example", mail_from="a@sender.example",
+                        rcpts=["b@example.net"], macros={"mail": {"i": queue_id}})
+
+            send("BEFORE1")
+            quiet = {k: dict(v) for k, v in process.config.items()}
+            quiet["log"]["level"] = "warning"
+            process.write_config(render_toml(quiet))
+            process.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while "configuration reloaded" not in process.log():
+                assert time.monotonic() < deadline, process.log()
+                time.sleep(0.05)
+            send("AFTER1")
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and "AFTER1" not in process.log():
+                time.sleep(0.05)
+    text = process.log()
+    assert "BEFORE1: queue_id=BEFORE1" in text
+    assert "AFTER1" not in text

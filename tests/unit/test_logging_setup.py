@@ -243,3 +243,31 @@ def test_log_keys_are_validated() -> None:
             settings_from_mapping({"log": table})
     assert set(logsetup.FACILITIES) == set(
         settings_from_mapping.__globals__["FACILITY_NAMES"])
+
+
+def test_dry_run_and_override_keys_read_back_too() -> None:
+    envelope = Envelope(client_ip="198.51.100.66", client_name="", helo="h",
+                        mail_from="x@forger.example", queue_id="Q2")
+    raw = b"From: a@sender.example\r\nTo: b@example.net\r\n\r\nbody\r\n"
+    settings = settings_from_mapping({"milter": {"authserv_id": "mx.test.example"},
+                                      "policy": {"dry_run": True}})
+    headers, body = parse_message(raw)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        analysis = Engine(settings, StaticResolver.from_zone_text(ZONE), pool).analyse(
+            MessageSnapshot(envelope, headers, body))
+    verdict = decide(analysis, envelope, settings)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("mailsec_milter.milter")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log_message(envelope, analysis, verdict, 0)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    fields = parse_logfmt(records[0].getMessage().split(": ", 1)[1])
+    assert fields["verdict"] == "accept" and fields["dry_run_would"] == "reject", fields
+    assert list(fields)[-1] == "detail"
