@@ -91,11 +91,13 @@ def socket_error_hint(spec: str, exc: OSError) -> str:
     if kind not in ("unix", "local"):
         return ""
     folder = Path(rest).parent
-    socket_unit = (f"; or let systemd create the socket: mailsec-milter.socket with "
-                   f"ListenStream={rest} (systemd/postfix-chroot.conf, docs/MILTER_README.md)")
+    socket_unit = (f"; or let systemd create it: mailsec-milter.socket with "
+                   f"ListenStream={rest} (docs/MILTER_README.md; for Postfix's chroot the "
+                   "drop-in systemd/mailsec-milter.socket.d/postfix-chroot.conf)")
     if isinstance(exc, FileNotFoundError) and not folder.is_dir():
         return (f". The directory {folder} does not exist: create it for the milter's user "
-                f"(install -d -o mailsec-milter -g postfix -m 0750 {folder})" + socket_unit)
+                f"(install -d -o mailsec-milter -g postfix -m 0750 {folder}; under the "
+                f"systemd unit also ReadWritePaths={folder} in a drop-in)" + socket_unit)
     if exc.errno == errno.EROFS:
         return (f". {folder} is read-only here (the unit's ProtectSystem=strict): add "
                 f"ReadWritePaths={folder} in a drop-in" + socket_unit)

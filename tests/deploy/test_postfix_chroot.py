@@ -198,3 +198,20 @@ def test_a_missing_socket_directory_is_named_with_the_fix(tmp_path: Path) -> Non
     assert f"The directory {folder} does not exist" in log, log
     assert f"install -d -o mailsec-milter -g postfix -m 0750 {folder}" in log, log
     assert f"ListenStream={folder}/milter.sock" in log, log
+
+
+def test_a_read_only_socket_directory_is_named_with_the_fix(tmp_path: Path) -> None:
+    """What ProtectSystem=strict does to a daemon creating its own socket in the spool."""
+    folder = tmp_path / "mailsec-milter"
+    folder.mkdir()
+    probe = subprocess.run([*read_only(folder), "true"], capture_output=True, timeout=30,
+                           check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespaces here: {probe.stderr.decode(errors='replace')}")
+    process = MilterProcess({"milter": {"socket": f"unix:{folder}/milter.sock"}},
+                            prefix=read_only(folder))
+    with pytest.raises(RuntimeError, match="exited early"):
+        process.start(timeout=20)
+    log = process.log()
+    assert f"{folder} is read-only here" in log, log
+    assert f"ReadWritePaths={folder}" in log and f"ListenStream={folder}/milter.sock" in log
