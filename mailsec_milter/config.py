@@ -241,9 +241,12 @@ KEYS: tuple[Key, ...] = (
         "Started as root, switch to this unprivileged user once the socket is open (the "
         "daemon refuses to keep running as root).", "user name"),
     Key("milter", "socket_mode", "0660", _octal_mode,
-        "Permissions of a unix: socket (octal).", "octal mode"),
+        "Permissions of a unix: socket the daemon creates (octal); not used for a socket "
+        "systemd passes.", "octal mode"),
     Key("milter", "socket_group", "", _str,
-        "Group of a unix: socket, e.g. \"postfix\"; empty keeps the default.", "group name"),
+        "Group of a unix: socket the daemon creates, e.g. \"postfix\" (needs a start as "
+        "root; the shipped unit cannot change groups: use the socket unit's SocketGroup=); "
+        "empty keeps the default.", "group name"),
     Key("milter", "workers", 0, _int_range(0, 256),
         "Worker processes sharing the socket (Python runs one core per process); 0 means one "
         "per CPU core.", "integer"),
