@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import grp
 import json
-import logging
 import os
 import pwd
 import stat
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -32,6 +30,7 @@ from .config import (
 )
 from .dns import CachingResolver, Resolver, ResolverSettings, StaticResolver
 from .engine import Engine
+from .logsetup import LogSetupError, setup_logging
 from .model import Envelope, MessageSnapshot, TlsInfo, normalise_ip, parse_message
 from .policy import Action, decide, explain_identities
 
@@ -49,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                     "Authentication-Results header and a verdict).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the milter in the foreground, logging to stderr",
-                         description="Run the milter in the foreground, logging to stderr. "
-                         "Without --config it runs on the embedded defaults.")
+    run = sub.add_parser("run", help="run the milter in the foreground",
+                         description="Run the milter in the foreground, logging to stderr or "
+                         "syslog ([log] target). Without --config it runs on the embedded "
+                         "defaults.")
     run.add_argument("--config", help="TOML file; without it the embedded defaults are used")
     run.add_argument("--user", help="started as root, switch to this user ([milter] user)")
 
@@ -127,46 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class SecondCachedFormatter(logging.Formatter):
-    """The standard format, with the date text made once per second instead of per record
-    (``time.strftime`` showed up in the per-message profile)."""
-
-    _cached: tuple[int, str] = (-1, "")
-
-    def formatTime(self, record: logging.LogRecord,  # noqa: N802 (overrides logging)
-                   datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if self._cached[0] != second:
-            self._cached = (second, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                  self.converter(record.created)))
-        return f"{self._cached[1]},{int(record.msecs):03d}"
-
-
-def _setup_logging(level: str) -> None:
-    """Logging to stderr, inherited by the forked workers. Every message logs one line, so
-    that path is kept short with the switches Python's logging docs give ("Optimization"):
-    our format reads no caller file/line and no thread or process names."""
-    logging._srcfile = None  # no stack walk per record to find the caller
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SecondCachedFormatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-
-
 def _run(args: argparse.Namespace) -> int:
     from .daemon import run  # imports libmilter; keep other commands free of it
 
     settings = load_settings(args.config)
     if args.user:
         settings = replace(settings, user=args.user)
-    _setup_logging(settings.log_level)
+    try:
+        setup_logging(settings.log_level, settings.log_target, settings.log_facility,
+                      settings.log_syslog_socket)
+    except LogSetupError as exc:
+        print(f"mailsec-milter: {exc}", file=sys.stderr)
+        return 1
     return run(settings, args.config, args.user)
 
 
@@ -210,7 +182,7 @@ def _tls_from_arg(text: str | None) -> TlsInfo:
 
 def _check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    _setup_logging("warning")
+    setup_logging("warning")
     try:
         raw = Path(args.message).read_bytes()
     except OSError as exc:

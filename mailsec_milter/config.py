@@ -195,6 +195,17 @@ def _domain_overrides(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
+def _absolute_path(value: Any) -> str:
+    text = _str(value)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r}: expected an absolute path")
+    return text
+
+
+# The facilities logsetup.FACILITIES maps (kept here too: config imports no logging code).
+FACILITY_NAMES = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
+
+
 def _header_name(value: Any) -> str:
     name = _str(value)
     if not re.fullmatch(r"[!-9;-~]+", name):  # fullmatch: "$" would let a final "\n" in
@@ -229,9 +240,12 @@ KEYS: tuple[Key, ...] = (
         "Started as root, switch to this unprivileged user once the socket is open (the "
         "daemon refuses to keep running as root).", "user name"),
     Key("milter", "socket_mode", "0660", _octal_mode,
-        "Permissions of a unix: socket (octal).", "octal mode"),
+        "Permissions of a unix: socket the daemon creates (octal); not used for a socket "
+        "systemd passes.", "octal mode"),
     Key("milter", "socket_group", "", _str,
-        "Group of a unix: socket, e.g. \"postfix\"; empty keeps the default.", "group name"),
+        "Group of a unix: socket the daemon creates, e.g. \"postfix\" (needs a start as "
+        "root; the shipped unit cannot change groups: use the socket unit's SocketGroup=); "
+        "empty keeps the default.", "group name"),
     Key("milter", "workers", 0, _int_range(0, 256),
         "Worker processes sharing the socket (Python runs one core per process); 0 means one "
         "per CPU core.", "integer"),
@@ -354,7 +368,15 @@ KEYS: tuple[Key, ...] = (
         "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
         "off.", "address"),
     Key("log", "level", "info", _choice("debug", "info", "warning", "error"),
-        "Log level on stderr.", "choice"),
+        "Lowest level logged.", "choice"),
+    Key("log", "target", "stderr", _choice("stderr", "syslog"),
+        "stderr (journald under systemd, which forwards to syslog with the unit's "
+        "SyslogFacility=mail) or syslog: RFC 3164 datagrams to syslog_socket, so the lines "
+        "land in mail.log beside Postfix's. Changes on restart.", "choice"),
+    Key("log", "facility", "mail", _choice(*FACILITY_NAMES),
+        "Syslog facility for target syslog: mail, daemon, user or local0..local7.", "choice"),
+    Key("log", "syslog_socket", "/dev/log", _absolute_path,
+        "The local syslog socket (unix datagram) for target syslog.", "path"),
 )
 
 
@@ -461,6 +483,9 @@ class Settings:
     reports_keep: float
     metrics_listen: str
     log_level: str
+    log_target: str
+    log_facility: str
+    log_syslog_socket: str
 
     def domain_override(self, domain: str) -> str | None:
         """The operator's override for an author domain, if any (exact domain match)."""

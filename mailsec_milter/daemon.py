@@ -3,11 +3,12 @@
 Owns: the process tree. The supervisor opens the MTA-facing socket itself (TCP_NODELAY, unix
 socket mode/group, or the one systemd passes), drops privileges, and runs ``workers`` worker
 processes (worker.py) that each run libmilter on that inherited socket. It alone handles
-signals: SIGHUP starts a new generation of workers with the new configuration and retires the
-old one once the new one serves (sessions in flight finish on the old); a broken
-configuration is refused and the old generation keeps running. SIGTERM/SIGINT retire all
-workers gracefully. /metrics sums the metrics the workers push over their status pipes, with
-the last numbers of workers that ended kept (WorkerTotals), so counters never go backwards.
+signals: SIGHUP validates the new configuration and sends it to every worker, which swaps it
+in place (worker.follow_control; a message keeps the configuration that was current at its
+MAIL FROM event); a broken configuration is refused and the workers keep the old one.
+SIGTERM/SIGINT retire all workers gracefully. /metrics sums the metrics the workers push over
+their status pipes, with the last numbers of workers that ended kept (WorkerTotals), so
+counters never go backwards.
 Must not: contain mail logic, start threads (workers are forked from it), or run libmilter:
 a process running libmilter has libmilter's signal thread, which treats SIGHUP as "stop" —
 keeping it out of the supervisor is what makes reload safe.
@@ -16,6 +17,7 @@ keeping it out of the supervisor is what makes reload safe.
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import http.server
 import logging
@@ -40,6 +42,7 @@ from .config import (
     load_settings,
     read_config_file,
 )
+from .logsetup import log_fds
 from .metrics import SupervisorMetrics, WorkerTotals
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
@@ -101,6 +104,29 @@ def open_listener(spec: str, backlog: int = 512) -> socket.socket:
     set_nodelay(sock)
     share_nonblocking(sock)
     return sock
+
+
+def socket_error_hint(spec: str, exc: OSError) -> str:
+    """For a unix socket the daemon cannot create: which directory is the problem and how to
+    fix it (the usual cause is a socket inside Postfix's queue directory for its chroot)."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("unix", "local"):
+        return ""
+    folder = Path(rest).parent
+    socket_unit = (f"; or let systemd create it: mailsec-milter.socket with "
+                   f"ListenStream={rest} (docs/MILTER_README.md; for Postfix's chroot the "
+                   "drop-in systemd/mailsec-milter.socket.d/postfix-chroot.conf)")
+    if isinstance(exc, FileNotFoundError) and not folder.is_dir():
+        return (f". The directory {folder} does not exist: create it for the milter's user "
+                f"(install -d -o mailsec-milter -g postfix -m 0750 {folder}; under the "
+                f"systemd unit also ReadWritePaths={folder} in a drop-in)" + socket_unit)
+    if exc.errno == errno.EROFS:
+        return (f". {folder} is read-only here (the unit's ProtectSystem=strict): add "
+                f"ReadWritePaths={folder} in a drop-in" + socket_unit)
+    if isinstance(exc, PermissionError):
+        return (f". This user may not create files in {folder}: make the directory writable "
+                f"for the milter's user" + socket_unit)
+    return ""
 
 
 def systemd_listener() -> socket.socket | None:
@@ -296,7 +322,8 @@ class Supervisor:
             if activated is None and self.listener.family == socket.AF_UNIX:
                 apply_socket_permissions(self.settings)
         except OSError as exc:
-            log.error("cannot open milter socket %s: %s", self.settings.socket, exc)
+            log.error("cannot open milter socket %s: %s%s", self.settings.socket, exc,
+                      socket_error_hint(self.settings.socket, exc))
             return 1
         if self.settings.metrics_listen:
             try:
@@ -340,7 +367,7 @@ class Supervisor:
             code = 1
             try:
                 os.setsid()  # a terminal's Ctrl-C goes to the supervisor, which coordinates
-                keep = {0, 1, 2, listen_fd, status_write, control_read}
+                keep = {0, 1, 2, listen_fd, status_write, control_read, *log_fds()}
                 for name in os.listdir("/proc/self/fd"):
                     if int(name) not in keep:
                         with contextlib.suppress(OSError):
@@ -511,6 +538,7 @@ class Supervisor:
         for warning in config_warnings(settings):
             log.warning("%s", warning)
         log.info("configuration reloaded from %s", self.config_path or "embedded defaults")
+        logging.getLogger().setLevel(self.settings.log_level.upper())  # after saying so
         sd_notify("READY=1\nSTATUS=configuration reloaded")
         return True
 
@@ -571,7 +599,8 @@ class Supervisor:
 
 
 # Settings the running process cannot change in place (socket, identity, metrics listener).
-RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen", "workers")
+RESTART_KEYS = ("socket", "user", "socket_mode", "socket_group", "metrics_listen", "workers",
+                "log_target", "log_facility", "log_syslog_socket")
 
 
 def run(settings: Settings, config_path: str | None = None,

@@ -27,6 +27,7 @@ import Milter
 from . import authres
 from .config import Reply, Settings
 from .engine import Analysis, Engine, MessageRun, PendingSpf
+from .logsetup import logfmt, logfmt_pairs
 from .metrics import Metrics
 from .model import Envelope, Header, MessageSnapshot, TlsInfo, normalise_ip
 from .policy import Action, Verdict, decide
@@ -301,8 +302,9 @@ class MailsecMilter(Milter.Base):  # type: ignore[misc]
         started = time.perf_counter()
         settings = state.runtime.settings
         if state.headers_too_large:
-            log.warning("queue_id=%s header block over max_header_bytes; tempfailing",
-                        state.envelope.queue_id)
+            queue_id = state.envelope.queue_id or "NOQUEUE"
+            log.warning("%s: queue_id=%s header block over max_header_bytes; tempfailing",
+                        logfmt(queue_id), logfmt(queue_id))
             return self._reply(settings.tempfail_reply, TEMPFAIL)
         envelope = replace(state.envelope, rcpt_to=tuple(state.rcpts),
                            queue_id=self._macro("i") or state.envelope.queue_id)
@@ -381,7 +383,10 @@ def _strip_address(text: str) -> str:
 
 
 def log_message(envelope: Envelope, analysis: Analysis, verdict: Verdict, forged: int) -> None:
-    """Rule 8: one line per message with queue id, client, identities, every result, verdict."""
+    """Rule 8: one line per message with queue id, client, identities, every result, verdict.
+
+    It starts with ``QUEUEID:`` as Postfix's own lines do (``NOQUEUE:`` without one), so
+    ``grep QUEUEID /var/log/mail.log`` shows both; the rest is logfmt (logsetup.logfmt)."""
     dkim = ",".join(f"{s.result.value}:{s.domain or '-'}" for s in analysis.dkim.signatures)
     dmarc = analysis.dmarc
     dmarc_text = "-"
@@ -390,20 +395,26 @@ def log_message(envelope: Envelope, analysis: Analysis, verdict: Verdict, forged
                       f":p={dmarc.policy.value if dmarc.policy else '-'}")
     arc = analysis.arc
     arc_text = arc.result.value + (f":{arc.newest_sealer}" if arc.newest_sealer else "")
-    extra = ""
+    pairs: list[tuple[str, object]] = [
+        ("queue_id", envelope.queue_id or "-"),
+        ("client", f"{envelope.client_name or '-'}[{envelope.client_ip or '-'}]"),
+        ("helo", envelope.helo),
+        ("mail_from", f"<{envelope.mail_from}>"),
+        ("auth", "yes" if envelope.sasl_user else "no"),
+        ("spf", analysis.spf_mailfrom.result.value),
+        ("spf_helo", analysis.spf_helo.result.value if analysis.spf_helo else "-"),
+        ("dkim", dkim or "none"),
+        ("dmarc", dmarc_text),
+        ("arc", arc_text),
+        ("tls", analysis.tls.version or "none"),
+        ("forged_ar_removed", forged),
+        ("verdict", verdict.action.value),
+        ("reason", verdict.reason.value),
+    ]
     if verdict.dry_run_action is not None:
-        extra += f" dry_run_would={verdict.dry_run_action.value}"
+        pairs.append(("dry_run_would", verdict.dry_run_action.value))
     if verdict.override_reason is not None:
-        extra += f" override={verdict.override_reason.value}"
+        pairs.append(("override", verdict.override_reason.value))
     if verdict.detail:
-        extra += f" detail={verdict.detail!r}"
-    log.info(
-        "queue_id=%s client=%s[%s] helo=%r mail_from=<%s> auth=%s spf=%s spf_helo=%s dkim=%s "
-        "dmarc=%s arc=%s tls=%s forged_ar_removed=%d verdict=%s reason=%s%s",
-        envelope.queue_id or "-", envelope.client_name or "-", envelope.client_ip or "-",
-        envelope.helo, envelope.mail_from, "yes" if envelope.sasl_user else "no",
-        analysis.spf_mailfrom.result.value,
-        analysis.spf_helo.result.value if analysis.spf_helo else "-",
-        dkim or "none", dmarc_text, arc_text, analysis.tls.version or "none", forged,
-        verdict.action.value, verdict.reason.value, extra,
-    )
+        pairs.append(("detail", verdict.detail))
+    log.info("%s: %s", logfmt(envelope.queue_id or "NOQUEUE"), logfmt_pairs(pairs))

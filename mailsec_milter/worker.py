@@ -261,6 +261,7 @@ def follow_control(control_fd: int, status: StatusPipe, pool: ThreadPoolExecutor
                 reply = f"RELOAD-FAILED {type(exc).__name__}"
             else:
                 old = install_runtime(runtime)
+                logging.getLogger().setLevel(runtime.settings.log_level.upper())
                 if old is not None:
                     old.engine.resolver.close()
                     _retire_recorder(old.recorder, recorder)

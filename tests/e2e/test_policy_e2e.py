@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import email.utils
+import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ import pytest
 from tests.support.milterproc import MilterProcess
 
 from .harness import DnsServer, PostfixInstance
+from .harness import _bin as harness_bin  # postqueue may be in /usr/sbin only
 from .milters import AUTHSERV_ID, REJECT_REPLY, milter_for
 
 FORGER = {"ADDR": "198.51.100.66"}  # not in any sender's SPF record
@@ -72,7 +75,10 @@ def test_p_reject_forgery_is_refused_at_end_of_data(postfix: PostfixInstance) ->
     assert "dkim=none" in outcome.data.text
 
 
-def test_p_quarantine_forgery_lands_in_the_hold_queue(postfix: PostfixInstance) -> None:
+def test_p_quarantine_forgery_lands_in_the_hold_queue(postfix: PostfixInstance,
+                                                      milter: MilterProcess) -> None:
+    """And the review the docs describe works: postqueue -p shows it held, postcat -q reads
+    it, postsuper -H releases it and it is delivered; our log line starts with its queue id."""
     raw, msg_id = message("billing@quarantine.example", "invoice")
     outcome = postfix.send(raw, "bounce@forger.example", ["bob@example.net"],
                            helo="mail.forger.example", xclient=FORGER)
@@ -87,6 +93,16 @@ def test_p_quarantine_forgery_lands_in_the_hold_queue(postfix: PostfixInstance) 
     assert msg_id in content
     assert "dmarc=fail" in content and "policy.applied-disposition=quarantine" in content
     assert postfix.find_delivered(message_id=msg_id) is None
+    listing = subprocess.run([harness_bin("postqueue"), "-c", str(postfix.config_dir), "-p"],
+                             capture_output=True, text=True, timeout=15, check=True).stdout
+    assert re.search(rf"^{queue_id}!", listing, re.M), listing  # "!": on hold
+    assert re.search(rf"^\S+ \S+ INFO mailsec-milter\[\d+\]: {queue_id}: queue_id={queue_id} .*"
+                     r"verdict=quarantine reason=dmarc_policy", milter.log(), re.M), milter.log()
+    postfix.postsuper("-H", queue_id)
+    postfix.flush()
+    delivered = postfix.wait_for_message(message_id=msg_id, timeout=30)
+    assert any("policy.applied-disposition=quarantine" in v
+               for v in delivered.header("Authentication-Results"))
 
 
 def test_dns_outage_tempfails_and_the_retry_is_delivered(dns: DnsServer,

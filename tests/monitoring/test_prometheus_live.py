@@ -418,7 +418,9 @@ ALERTS = [rule for rule in tools.load_rules() if "alert" in rule]
 # >= 20 messages); on each daemon SERVFAIL for two names and, on the enforcing one, a timeout
 # for a third, of 20-odd queries (18-20% > 10%, >= 20 queries).
 FIRING = {"MailsecTempfailRatioHigh": ("job", "verdict"),
-          "MailsecDnsFailuresHigh": ("job", "instance")}
+          "MailsecDnsFailuresHigh": ("job", "instance"),
+          # the enforcing daemon quarantined (p=quarantine); the dry-run one only would have
+          "MailsecMessagesQuarantined": ("instance",)}
 # For the alerts it must not raise: the expressions they compare, which must have data.
 INNER: dict[str, list[str]] = {
     "MailsecRejectRatioJump": ['job_verdict:mailsec_messages:ratio_rate30m{verdict="reject"}',
@@ -438,6 +440,8 @@ INNER: dict[str, list[str]] = {
     "MailsecNoWorker": ["mailsec_workers"],
     # Its baselines (offset 30m, 1d) have no data in a Prometheus minutes old.
     "MailsecNoTraffic": ["sum by (job, instance) (increase(mailsec_connections_total[30m]))"],
+    "MailsecMessagesQuarantined": ['sum by (job, instance) '
+                                   '(increase(mailsec_messages_total{verdict="quarantine"}[1h]))'],
 }
 
 
@@ -490,7 +494,8 @@ def test_alert_expression(scene: Scene, rule: dict[str, Any]) -> None:
         listens = sorted(str(m.config["metrics"]["listen"]) for m in (scene.enforcing,
                                                                        scene.dry_run))
         expected = {("job", "verdict"): [(tools.JOB, "tempfail")],
-                    ("job", "instance"): [(tools.JOB, listen) for listen in listens]}
+                    ("job", "instance"): [(tools.JOB, listen) for listen in listens],
+                    ("instance",): [(str(scene.enforcing.config["metrics"]["listen"]),)]}
         assert sorted(by_labels(result, *FIRING[name])) == expected[FIRING[name]], result
     else:
         assert result == [], f"{name} fired under normal test traffic: {result}"

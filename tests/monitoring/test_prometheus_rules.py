@@ -66,6 +66,8 @@ def test_the_issue_alerts_are_there() -> None:
     no_traffic = exprs["MailsecNoTraffic"]
     assert "increase(mailsec_connections_total[30m])) == 0" in no_traffic
     assert "[30m] offset 30m" in no_traffic and "[30m] offset 1d" in no_traffic
+    # Held messages: our quarantine verdicts (Postfix's hold queue is out of our sight).
+    assert 'mailsec_messages_total{verdict="quarantine"}' in exprs["MailsecMessagesQuarantined"]
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
@@ -84,3 +86,16 @@ def test_rules_name_real_metrics_labels_and_values() -> None:
     problems = {rule.get("record") or rule["alert"]: tools.check_promql_names(rule["expr"])
                 for rule in tools.load_rules()}
     assert {k: v for k, v in problems.items() if v} == {}
+
+
+def test_the_quarantine_review_is_documented_where_the_admin_reads() -> None:
+    """quarantine_method "hold" is silent: README and MILTER_README say who reviews the hold
+    queue and with which commands, name the alert, and recommend starting in dry run."""
+    repo = tools.RULES.parents[2]
+    assert "MailsecMessagesQuarantined" in {rule["alert"] for rule in alerts()}
+    for name in ("README.md", "docs/MILTER_README.md"):
+        text = (repo / name).read_text()
+        for needle in ("postqueue -p", "postcat -q", "postsuper -H", "postsuper -r",
+                       "postsuper -d", "MailsecMessagesQuarantined", "dry_run = true",
+                       "cannot see"):
+            assert needle in text, (name, needle)

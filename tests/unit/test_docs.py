@@ -103,3 +103,29 @@ def test_docs_say_how_local_mail_reaches_the_milter() -> None:
         assert "localhost[127.0.0.1]" in text, name
     milter_readme = (REPO / "docs" / "MILTER_README.md").read_text()
     assert "trusted_networks = []" in milter_readme and "amavis" in milter_readme
+def test_reload_is_described_as_it_happens() -> None:
+    """Workers take a reload in place (no new generation of processes), and the docs say which
+    configuration decides a message (tests/e2e/test_reload_e2e.py shows it with Postfix)."""
+    from mailsec_milter import daemon
+
+    for path in ("docs/OPERATIONS.md", "docs/DESIGN.md", "systemd/README.md",
+                 "systemd/mailsec-milter.service"):
+        text = (REPO / path).read_text()
+        assert "generation" not in text, path
+        assert "in place" in text, path
+    assert "generation of workers" not in (daemon.__doc__ or "")
+    operations = (REPO / "docs" / "OPERATIONS.md").read_text()
+    assert "together with `DATA`" in operations
+    assert "tests/e2e/test_reload_e2e.py" in operations
+
+
+def test_logs_documented_as_the_unit_and_the_code_make_them() -> None:
+    from mailsec_milter.logsetup import IDENT
+    from tests.deploy.units import SERVICE, parse_unit
+
+    service = parse_unit(SERVICE)["Service"]
+    assert service["SyslogIdentifier"] == [IDENT]
+    assert service["SyslogFacility"] == ["mail"]
+    operations = (REPO / "docs" / "OPERATIONS.md").read_text()
+    for needle in (f"{IDENT}[PID]:", "[log] target", "logfmt", "NOQUEUE:", "<22>"):
+        assert needle in operations, needle
