@@ -226,22 +226,9 @@ def _tokenize(value: str) -> tuple[list[_Token], bool, list[str]]:
         if char in _WSP:  # unreachable while _FAST_TOKEN takes all of _WSP; never loop forever
             i += 1
         elif char == "(":
-            depth = 0
             opened = i
-            while i < n:
-                c = value[i]
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
-            else:
+            i, closed = _skip_comment(value, i)
+            if not closed:
                 broken = True
                 swallowed.append(value[opened + 1 :])
         elif char == ")":
@@ -531,8 +518,9 @@ _TRAILING_PUNCTUATION = ".'!?*`~-_}"
 _MAX_PARTS = 32
 
 
-def _skip_comment(text: str, i: int) -> int:
-    """The index after the (nested, quoted-pair aware) comment opening at ``text[i]``."""
+def _skip_comment(text: str, i: int) -> tuple[int, bool]:
+    """The index after the (nested, quoted-pair aware) comment opening at ``text[i]``, and
+    whether it was closed (an unterminated comment runs to the end of the text)."""
     depth = 0
     n = len(text)
     while i < n:
@@ -545,9 +533,9 @@ def _skip_comment(text: str, i: int) -> int:
         elif char == ")":
             depth -= 1
             if depth == 0:
-                return i + 1
+                return i + 1, True
         i += 1
-    return n
+    return n, False
 
 
 def _read_after_at(text: str, at: int) -> tuple[str, ...]:
@@ -563,7 +551,7 @@ def _read_after_at(text: str, at: int) -> tuple[str, ...]:
         if char.isspace():
             i += 1
         elif char == "(":
-            i = _skip_comment(text, i)
+            i = _skip_comment(text, i)[0]
         elif char in _DOMAIN_STOP:
             break
         else:
