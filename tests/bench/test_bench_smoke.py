@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RATIO_FIELDS = {"msgs_per_s", "txn_p50", "txn_p99", "eom_p50", "cpu_ms_per_msg", "peak_pss_mb"}
-BASELINES = {"vs_noop", "vs_chain", "vs_rspamd"}
+BASELINES = {"vs_noop", "vs_chain", "vs_rspamd", "vs_mailsec"}
 
 
 def _alive(pid: int) -> bool:
