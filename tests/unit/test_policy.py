@@ -35,7 +35,9 @@ def analysis(dmarc_outcome: DmarcOutcome | None, *, spf: AuthResult = R.FAIL,
     return Analysis(
         spf_mailfrom=SpfOutcome(SpfIdentity.MAILFROM, spf, "x@evil.example", "evil.example"),
         spf_helo=None,
-        dkim=DkimOutcome((DkimSignatureOutcome(R.FAIL, domain=DOMAIN),)),
+        # a failing signature by someone else's domain: not an RFC 9989 §8 sign (a failing
+        # *aligned* one is: tests/unit/test_evidence.py)
+        dkim=DkimOutcome((DkimSignatureOutcome(R.FAIL, domain="evil.example"),)),
         tls=TlsOutcome(R.PASS, "TLSv1.3", "X", 256) if tls else TlsOutcome(R.NONE),
         dmarc=dmarc_outcome, errors=errors)
 
