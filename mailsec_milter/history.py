@@ -1,16 +1,17 @@
 """The sending history a worker keeps in memory: which client networks delivered DMARC-passing
 mail for which author domain lately (RFC 9989 §8: "observed sending patterns").
 
-Owns: the summary (a frozenset of 64-bit keyed digests of ``(author domain, network)``, at most
-``max_entries`` of them), its refresh from the report store in a background thread of each
-worker, and the answer to "is this client network known for this author domain?".
+Owns: the summary (a set, never changed once published, of 64-bit keyed digests of
+``(author domain, network)``, at most ``max_entries`` of them), its refresh from the report
+store in a background thread of each worker, and the answer to "is this client network known
+for this author domain?".
 Must not: query the store on the reply path (``known_network`` only reads the in-memory set),
 write to the store, create a store that does not exist, or ever block or fail a message: with
 no store, a dead store or a refresh in progress the answer is simply "not known".
 
-Why digests rather than the text: 100,000 pairs take ~8 MB whatever the length of the domain
-names (text keys take 13 MB with 30-character names and grow with them;
-bench/history_memory.py measures it). The digest is BLAKE2b keyed with a random per-process
+Why digests rather than the text: 100,000 pairs hold 8.5 MB whatever the length of the domain
+names, 17.6 MB at the peak of a refresh (the old and the new set; text keys held 13 MB with
+30-character names and grow with them; bench/history_memory.py measures it). The digest is BLAKE2b keyed with a random per-process
 key, so nobody can aim a collision; the chance of an accidental one is ~``entries / 2**64`` per
 message, and a collision could only turn a reject into a quarantine.
 """
@@ -23,7 +24,8 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
@@ -83,8 +85,10 @@ class SenderHistory:
         self.refresh_seconds = refresh_seconds
         self._today = today
         self._key = secrets.token_bytes(16)
-        # Replaced as a whole by refresh(); readers take the reference once (atomic in CPython).
-        self._known: frozenset[int] = frozenset()
+        # Replaced as a whole by refresh() and never changed after: readers take the reference
+        # once (atomic in CPython). A set, not a frozenset copy: the copy would double the
+        # peak memory of a refresh.
+        self._known: AbstractSet[int] = frozenset()
         self.state: State = "empty"
         self.truncated = False
         self.refreshes = 0
@@ -141,7 +145,7 @@ class SenderHistory:
             log.warning("sending history holds only %d (domain, network) pairs "
                         "([policy] history_max_entries); the rest are not known senders",
                         self.max_entries)
-        self._known = frozenset(keys)
+        self._known = keys
         self.truncated = truncated
         self.state = "ready"
         self.refreshes += 1
@@ -179,12 +183,12 @@ def store_reader(location: str) -> PassingSources:
 
     where = location or default_store_path()
 
-    def read(since: date) -> Iterable[tuple[str, str]]:
+    def read(since: date) -> Iterator[tuple[str, str]]:
         if not is_postgres_url(where) and not os.path.exists(where):
-            return []
+            return
         store = open_store(where)
         try:
-            return list(store.passing_sources(since))
+            yield from store.passing_sources(since)
         finally:
             store.close()
 
