@@ -11,9 +11,10 @@ no store, a dead store or a refresh in progress the answer is simply "not known"
 
 Why digests rather than the text: 100,000 pairs hold 8.5 MB whatever the length of the domain
 names, 17.6 MB at the peak of a refresh (the old and the new set; text keys held 13 MB with
-30-character names and grow with them; bench/history_memory.py measures it). The digest is BLAKE2b keyed with a random per-process
-key, so nobody can aim a collision; the chance of an accidental one is ~``entries / 2**64`` per
-message, and a collision could only turn a reject into a quarantine.
+30-character names and grow with them; bench/history_memory.py measures it). The digest is
+BLAKE2b keyed with a random per-process key, so nobody can aim a collision; the chance of an
+accidental one is ~``entries / 2**64`` per message, and a collision could only turn a reject
+into a quarantine.
 """
 
 from __future__ import annotations
