@@ -148,6 +148,9 @@ class SenderHistory:
                         self.max_entries)
         self._known = keys
         self.truncated = truncated
+        if self.state != "ready":
+            log.info("sending history ready: %d (author domain, network) pairs from the last "
+                     "%d days", len(keys), self.days)
         self.state = "ready"
         self.refreshes += 1
         return True
@@ -185,8 +188,11 @@ def store_reader(location: str) -> PassingSources:
     where = location or default_store_path()
 
     def read(since: date) -> Iterator[tuple[str, str]]:
-        if not is_postgres_url(where) and not os.path.exists(where):
-            return
+        if not is_postgres_url(where):
+            try:
+                os.stat(where)  # a PermissionError is a store we cannot read: it is raised
+            except FileNotFoundError:
+                return  # no store yet: no history
         store = open_store(where)
         try:
             yield from store.passing_sources(since)
