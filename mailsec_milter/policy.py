@@ -290,7 +290,9 @@ def _fail_verdict(analysis: Analysis, settings: Settings, dmarc: DmarcOutcome,
         override_reason = next((SIGN_OVERRIDE[n] for n in names
                                 if SIGN_OVERRIDE[n] is OverrideReason.MAILING_LIST),
                                OverrideReason.LOCAL_POLICY)
-        override_detail = "RFC 9989 §8: " + "; ".join(f"{n.value} ({what})" for n, what in signs)
+        # names first (the A-R comment is cut at 200 characters), ASCII only, no parentheses
+        override_detail = ("RFC 9989 section 8 signs: " + ", ".join(n.value for n in names)
+                           + "; " + "; ".join(f"{n.value}: {what}" for n, what in signs))
     elif override_detail and applied != evaluated:
         reason = Reason.LOCAL_OVERRIDE
         override_reason = OverrideReason.LOCAL_POLICY
@@ -327,10 +329,10 @@ def evidence_signs(analysis: Analysis) -> tuple[tuple[Sign, str], ...]:
         found.append((Sign.ARC_SET, f"sealed by {sealer}, arc={arc.result.value}"))
     broken = broken_aligned_signature(analysis)
     if broken:
-        found.append((Sign.BROKEN_SIGNATURE, f"dkim d={broken} did not verify"))
+        found.append((Sign.BROKEN_SIGNATURE, f"dkim d={broken} failed"))
     if marks.known_network:
         found.append((Sign.KNOWN_SENDER,
-                      f"{marks.known_network} sent DMARC-passing mail for {dmarc.header_from}"))
+                      f"{marks.known_network} passed DMARC for {dmarc.header_from}"))
     return tuple(found)
 
 

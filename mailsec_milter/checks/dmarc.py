@@ -757,8 +757,8 @@ class _Evaluator:
                     spf_aligned=spf_identical,
                     dkim_aligned=(author,) if dkim_identical else (),
                     org_domain=found.org_domain,
-                    reason=f"aligned {', '.join(how)} (the author domain itself: aligned "
-                           f"under any record) although {found.reason}")
+                    reason=f"aligned {', '.join(how)}, the author domain itself: aligned "
+                           f"under any record, although {found.reason}")
             return DomainEvaluation(author, AuthResult.TEMPERROR, org_domain=found.org_domain,
                                     reason=found.reason)
         if found.status == "none":

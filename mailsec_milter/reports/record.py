@@ -150,7 +150,7 @@ def _reasons(verdict: Verdict, evaluation: DomainEvaluation) -> tuple[tuple[str,
         for kind in (OverrideReason.MAILING_LIST, OverrideReason.LOCAL_POLICY):
             names = [sign.value for sign in verdict.signs if SIGN_OVERRIDE[sign] is kind]
             if names:
-                reasons.append((kind.value, "RFC 9989 §8: " + ", ".join(names)))
+                reasons.append((kind.value, "RFC 9989 section 8: " + ", ".join(names)))
     elif override is OverrideReason.TRUSTED_FORWARDER:
         reasons.append((ReasonType.TRUSTED_FORWARDER, verdict.override_detail[:200]))
     elif override is OverrideReason.LOCAL_POLICY or verdict.reason is Reason.LOCAL_OVERRIDE:

@@ -329,7 +329,7 @@ def test_the_report_records_mailing_list() -> None:
     analysis = failing(marks=LIST)
     verdict = decide(analysis, ENVELOPE, settings())
     (rec,) = records_for(ENVELOPE, analysis, verdict)
-    assert rec.reasons == (("mailing_list", "RFC 9989 §8: list_fields"),)
+    assert rec.reasons == (("mailing_list", "RFC 9989 section 8: list_fields"),)
 
 
 def test_the_metrics_count_the_reason() -> None:
