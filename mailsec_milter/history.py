@@ -214,10 +214,13 @@ def sender_history(settings: Settings) -> SenderHistory | None:
     running summary (no re-read, no second thread); changed ones stop the old thread.
     """
     global _shared
-    if settings.dmarc_reject != "evidence" or settings.history_days <= 0:
-        return None
-    config = HistoryConfig.from_settings(settings)
     with _shared_lock:
+        if settings.dmarc_reject != "evidence" or settings.history_days <= 0:
+            if _shared is not None:  # switched off by a reload: the thread ends
+                _shared[1].stop()
+                _shared = None
+            return None
+        config = HistoryConfig.from_settings(settings)
         if _shared is not None and _shared[0] == config:
             return _shared[1]
         if _shared is not None:

@@ -253,6 +253,10 @@ def test_sender_history_is_shared_until_its_settings_change(tmp_path: Path,
         assert second is not None and second is not first and second.days == 7
         first.join(10)
         assert first._thread is not None and not first._thread.is_alive()  # the old one stopped
+        assert sender_history(config(tmp_path, dmarc_reject="never")) is None  # type: ignore[arg-type]
+        second.join(10)
+        assert second._thread is not None and not second._thread.is_alive()  # switched off
+        assert history_module._shared is None
     finally:
         for summary in (first, history_module._shared[1] if history_module._shared else None):
             if summary is not None:
