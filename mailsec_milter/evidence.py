@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .model import Header, is_field
+from .model import Header
 
 LIST_FIELDS = ("List-Id", "List-Post")
-_LIST_LOWER = tuple(name.lower() for name in LIST_FIELDS)
-_ARC_LOWER = ("arc-seal", "arc-message-signature", "arc-authentication-results")
+# lowercase field name -> the List-* name it marks, or "" for an ARC field
+_MARKED = {"list-id": "List-Id", "list-post": "List-Post", "arc-seal": "",
+           "arc-message-signature": "", "arc-authentication-results": ""}
 
 
 class KnownSenders(Protocol):
@@ -44,16 +45,20 @@ class Marks:
 def header_marks(headers: Iterable[Header]) -> Marks:
     """The List-* and ARC marks; one pass, stops as soon as every mark is found, so thousands
     of List-* fields cost no more than one."""
-    found: dict[str, None] = {}
+    found: set[str] = set()
     arc = False
     for header in headers:
         name = header.name
-        if not arc and any(is_field(name, lowered) for lowered in _ARC_LOWER):
+        # the same match as model.is_field (white space before the colon ignored, ASCII
+        # case-insensitive only), one dict look-up per field: this runs for every failing
+        # message
+        marked = _MARKED.get(name.rstrip(" \t").lower())
+        if marked is None or not name.isascii():
+            continue
+        if not marked:
             arc = True
-        for canonical, lowered in zip(LIST_FIELDS, _LIST_LOWER, strict=True):
-            if canonical not in found and is_field(name, lowered) \
-                    and header.raw_value.strip():
-                found[canonical] = None
+        elif marked not in found and header.raw_value.strip():
+            found.add(marked)
         if arc and len(found) == len(LIST_FIELDS):
             break
     ordered = tuple(name for name in LIST_FIELDS if name in found)

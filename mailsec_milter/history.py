@@ -19,6 +19,7 @@ into a quarantine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -42,6 +43,7 @@ PassingSources = Callable[[date], Iterable[tuple[str, str]]]
 State = Literal["empty", "ready", "unavailable"]
 
 
+@functools.lru_cache(maxsize=4096)  # a client's address is asked for each of its messages
 def network_of(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """The client's network in CIDR text (``198.51.100.0/24``); "" when it is no address."""
     try:
@@ -127,7 +129,8 @@ class SenderHistory:
         try:
             for domain, source in self._read(since):
                 name = normalise_domain(domain)
-                network = network_of(source, self.ipv4_prefix, self.ipv6_prefix)
+                # uncached: 100,000 store rows would only push the clients out of the cache
+                network = network_of.__wrapped__(source, self.ipv4_prefix, self.ipv6_prefix)
                 if name is None or not network:
                     continue
                 key = self._digest(name, network)
