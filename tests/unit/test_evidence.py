@@ -13,7 +13,9 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from mailsec_milter import authres
 from mailsec_milter.checks.arc import ArcOutcome
@@ -463,3 +465,38 @@ def test_marks_are_not_read_unless_dmarc_fails() -> None:
     zone_pass = BASE.replace(b"bank.example", b"lists.example")
     analysis, _ = analyse(zone_pass + b"List-Id: <a>\r\n\r\nbody\r\n", known)
     assert analysis.marks == Marks() and known.asked == []
+
+
+# --- the property: signs never accept -------------------------------------------------------------
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    lists=st.sampled_from([(), ("List-Id",), ("List-Post",), ("List-Id", "List-Post")]),
+    arc_fields=st.booleans(),
+    arc=st.sampled_from([R.NONE, R.PASS, R.FAIL, R.TEMPERROR]),
+    known=st.sampled_from(["", "198.51.100.0/24"]),
+    signatures=st.lists(st.tuples(st.sampled_from([R.PASS, R.FAIL, R.PERMERROR, R.TEMPERROR]),
+                                  st.sampled_from([AUTHOR, "mail.bank.example", "evil.example",
+                                                   ""])), max_size=4),
+    mode=st.sampled_from(["evidence", "always", "never"]),
+    testing=st.booleans(),
+)
+def test_no_combination_of_signs_accepts_a_p_reject_failure(
+        lists: tuple[str, ...], arc_fields: bool, arc: R, known: str,
+        signatures: list[tuple[R, str]], mode: str, testing: bool) -> None:
+    """Whatever a forger adds (the sealer is no trusted one here), a DMARC fail under p=reject
+    is rejected or quarantined — and rejected under "always"."""
+    analysis = failing(signatures=tuple(signatures),
+                       marks=Marks(lists, arc_fields, known, True),
+                       arc=ArcOutcome(arc, newest_sealer="lists.example")
+                       if arc is not R.NONE else NO_ARC,
+                       testing=testing,
+                       disposition=Policy.QUARANTINE if testing else Policy.REJECT)
+    verdict = decide(analysis, ENVELOPE, settings(dmarc_reject=mode))
+    assert verdict.action in (Action.REJECT, Action.QUARANTINE)
+    if mode == "always" and not testing:
+        assert verdict.action is Action.REJECT
+    if testing or mode == "never":
+        assert verdict.action is Action.QUARANTINE
+    if verdict.action is Action.QUARANTINE and not testing and mode == "evidence":
+        assert verdict.signs and verdict.reason is Reason.MITIGATING_EVIDENCE
