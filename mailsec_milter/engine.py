@@ -66,7 +66,8 @@ class Analysis:
     dmarc: DmarcOutcome | None = None
     arc: ArcOutcome = field(default_factory=ArcOutcome)
     errors: tuple[CheckError, ...] = ()
-    # RFC 9989 §8 marks (mailing list, ARC, known sender); read only when DMARC did not pass
+    # RFC 9989 §8 marks (mailing list, ARC, known sender); read only for a DMARC fail or
+    # temperror (a passing message pays one comparison)
     marks: Marks = field(default_factory=Marks)
     check_seconds: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
