@@ -300,7 +300,9 @@ def _dmarc_result(dmarc: DmarcFacts, verdict: Verdict | None) -> ResInfo:
         notes.append(f"dry run: would {verdict.dry_run_action.value}")
     if verdict is not None and verdict.override_detail and verdict.dry_run_action is None:
         notes.append(verdict.override_detail)
-    if dmarc.result is not AuthResult.PASS and dmarc.reason:
+    if dmarc.reason and (dmarc.result is not AuthResult.PASS or dmarc.policy is None):
+        # a pass without a known policy: aligned under any record although the record could
+        # not be fetched — the reason says so
         notes.append(dmarc.reason)
     props: list[tuple[str, str]] = [("header.from", dmarc.header_from)]
     if dmarc.policy is not None:

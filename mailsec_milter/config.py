@@ -315,7 +315,30 @@ KEYS: tuple[Key, ...] = (
         "p=none), \"never_reject\" (at most quarantine), \"accept\" (never act).",
         "table of domain = action"),
     Key("policy", "downgrade_reject", False, _bool,
-        "Quarantine where the sender's policy says reject.", "bool"),
+        "Quarantine where the sender's policy says reject (the same as dmarc_reject = "
+        "\"never\"; kept for existing configurations).", "bool"),
+    Key("policy", "dmarc_reject", "evidence", _choice("evidence", "always", "never"),
+        "What a DMARC fail under p=reject becomes. evidence: reject only when the local "
+        "analysis finds no sign of a mailing list, an ARC forwarder, a signature broken in "
+        "transit or a known sender, else quarantine (RFC 9989 §8); always: reject on the "
+        "policy alone (RFC 7489 behaviour, not conforming to RFC 9989 §8); never: quarantine "
+        "at most.", "choice"),
+    Key("policy", "history_days", 30, _int_range(0, 366),
+        "dmarc_reject = evidence: a client network that delivered DMARC-passing mail for the "
+        "author domain within this many days (read from the [reports] store) is a known "
+        "sender; 0 turns this sign off.", "days"),
+    Key("policy", "history_ipv4_prefix", 24, _int_range(8, 32),
+        "Prefix length that makes an IPv4 client address a sending network for "
+        "history_days.", "integer"),
+    Key("policy", "history_ipv6_prefix", 56, _int_range(16, 128),
+        "Prefix length that makes an IPv6 client address a sending network for "
+        "history_days.", "integer"),
+    Key("policy", "history_refresh", "10m", _duration_range(1, 86400),
+        "How often each worker re-reads the sending history from the store, in the "
+        "background (never per message).", "duration"),
+    Key("policy", "history_max_entries", 200000, _int_range(0, 10_000_000),
+        "Most (author domain, network) pairs a worker keeps in memory; beyond this the "
+        "rest are left out (logged).", "integer"),
     Key("policy", "reject_on_spf_fail", False, _bool,
         "Reject SPF fail (MAIL FROM) when DMARC did not pass (RFC 7208 §8.4; off by default).",
         "bool"),
@@ -465,6 +488,12 @@ class Settings:
     skip_authenticated: bool
     domain_overrides: tuple[tuple[str, str], ...]
     downgrade_reject: bool
+    dmarc_reject: str
+    history_days: int
+    history_ipv4_prefix: int
+    history_ipv6_prefix: int
+    history_refresh: float
+    history_max_entries: int
     reject_on_spf_fail: bool
     tls_required_domains: frozenset[str]
     quarantine_method: str

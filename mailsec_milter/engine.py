@@ -33,6 +33,7 @@ from .checks.spf import (
 from .checks.tls import TlsOutcome, check_tls
 from .config import Settings
 from .dns import BoundLookup, CachedOnlyLookup, CacheMissError, Deadline, Resolver
+from .evidence import KnownSenders, Marks, read_marks
 from .model import AuthResult, Envelope, Header, MessageSnapshot
 
 log = logging.getLogger("mailsec_milter.engine")
@@ -65,6 +66,9 @@ class Analysis:
     dmarc: DmarcOutcome | None = None
     arc: ArcOutcome = field(default_factory=ArcOutcome)
     errors: tuple[CheckError, ...] = ()
+    # RFC 9989 §8 marks (mailing list, ARC, known sender); read only for a DMARC fail or
+    # temperror (a passing message pays one comparison)
+    marks: Marks = field(default_factory=Marks)
     check_seconds: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     def temperrors(self) -> list[str]:
@@ -172,8 +176,13 @@ class MessageRun:
                 engine, snapshot, deadline, body_too_large),
                 lambda: ArcOutcome(AuthResult.TEMPERROR, comment="internal error"))
             timings.append(("arc", engine.clock() - started))
+        marks = Marks()
+        if dmarc is not None and dmarc.result in (AuthResult.FAIL, AuthResult.TEMPERROR):
+            marks = _isolate("marks", errors, lambda: read_marks(
+                snapshot.headers, snapshot.envelope.client_ip, dmarc.header_from,
+                engine.history), Marks)
         return Analysis(spf_mailfrom, spf_helo, dkim, tls, dmarc, arc, tuple(errors),
-                        tuple(timings))
+                        marks=marks, check_seconds=tuple(timings))
 
     def _authors(self, snapshot: MessageSnapshot) -> AuthorDomains:
         values = tuple(h.value for h in snapshot.headers_named("From"))
@@ -250,8 +259,12 @@ class Engine:
     """Shared by all sessions: settings, the resolver and a pool for early checks."""
 
     def __init__(self, settings: Settings, resolver: Resolver, pool: Executor,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 history: KnownSenders | None = None) -> None:
         self.settings = settings
+        # The sending history (history.SenderHistory) for [policy] dmarc_reject = "evidence";
+        # None: no history, the known-sender sign is never given.
+        self.history = history
         self.resolver = resolver
         self.pool = pool
         self.clock = clock

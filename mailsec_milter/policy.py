@@ -2,8 +2,11 @@
 
 Owns: the decision table (docs/POLICY.md shows it row by row) from an Analysis, the envelope
 and the settings to a Verdict with a closed reason, the sender's published policy, the
-evaluated and the applied disposition, and any local override.
-Must not: do I/O, render headers, or call the MTA.
+evaluated and the applied disposition, and any local override; which marks of a message are
+signs of a legitimate indirect flow or a known sender (RFC 9989 §8), and whether a missing DNS
+answer could change the verdict.
+Must not: do I/O (the sending history arrives in the Analysis, read from memory), render
+headers, or call the MTA.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from .addresses import AuthorProblem, normalise_domain
-from .checks.dmarc import DmarcOutcome, Policy
+from .checks.dmarc import Alignment, DmarcOutcome, Policy, within_organizational_domain
 from .config import Reply, Settings
 from .engine import Analysis
 from .model import AuthResult, Envelope
@@ -44,6 +47,8 @@ class Reason(StrEnum):
     TRUSTED_NETWORK = "trusted_network"
     AUTHENTICATED = "authenticated"
     UNUSABLE_FROM = "unusable_from"  # no author domain to evaluate, or too many to evaluate
+    # p=reject quarantined instead: a sign of a legitimate indirect flow or known sender
+    MITIGATING_EVIDENCE = "mitigating_evidence"
 
 
 # Every (action, reason) pair decide() can return with dry run off: the metrics create exactly
@@ -64,6 +69,8 @@ ACTIONS_FOR_REASON: dict[Reason, frozenset[Action]] = {
     Reason.AUTHENTICATED: frozenset({Action.ACCEPT}),
     # rows 5a/5b: too many author domains rejects; none readable per [policy] unusable_from
     Reason.UNUSABLE_FROM: frozenset({Action.QUARANTINE, Action.REJECT}),
+    # row 6a: a p=reject failure with a sign of a legitimate flow is quarantined, never more
+    Reason.MITIGATING_EVIDENCE: frozenset({Action.QUARANTINE}),
 }
 
 
@@ -90,6 +97,27 @@ class OverrideReason(StrEnum):
     LOCAL_POLICY = "local_policy"
     TRUSTED_FORWARDER = "trusted_forwarder"
     SAMPLED_OUT = "sampled_out"
+    MAILING_LIST = "mailing_list"  # RFC 9990 §3.1.6: arrived via a list or other intermediary
+
+
+class Sign(StrEnum):
+    """A sign that a message failing DMARC under p=reject may be legitimate (RFC 9989 §8
+    "other knowledge and analysis"); each one only turns reject into quarantine."""
+
+    LIST_FIELDS = "list_fields"  # List-Id / List-Post present (RFC 2919, RFC 2369)
+    ARC_SET = "arc_set"  # ARC header fields from any sealer (RFC 8617)
+    BROKEN_SIGNATURE = "broken_signature"  # an aligned DKIM signature failed verification
+    KNOWN_SENDER = "known_sender"  # the client's network sent passing mail for the domain
+
+
+# RFC 9990 §3.1.6 words: the intermediary signs say "mailing_list" (authentication of the
+# original was not expected to survive: a list, or a forwarder that ARC-sealed it — not
+# "trusted_forwarder", which needs a locally maintained list: that is row 8a); the history
+# is the receiver's own knowledge, "local_policy".
+SIGN_OVERRIDE = {Sign.LIST_FIELDS: OverrideReason.MAILING_LIST,
+                 Sign.ARC_SET: OverrideReason.MAILING_LIST,
+                 Sign.BROKEN_SIGNATURE: OverrideReason.MAILING_LIST,
+                 Sign.KNOWN_SENDER: OverrideReason.LOCAL_POLICY}
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,7 @@ class Verdict:
     override_reason: OverrideReason | None = None
     override_detail: str = ""
     dry_run_action: Action | None = None
+    signs: tuple[Sign, ...] = ()  # the RFC 9989 §8 signs that turned a reject into quarantine
 
 
 _ACTION_FOR = {Policy.REJECT: Action.REJECT, Policy.QUARANTINE: Action.QUARANTINE,
@@ -207,21 +236,52 @@ def _dmarc_verdict(analysis: Analysis, settings: Settings, published: str | None
     dmarc = analysis.dmarc
     if dmarc is None:
         return None
-    domain = dmarc.header_from or "the author domain"
-    override = settings.domain_override(dmarc.header_from) if dmarc.header_from else None
     if dmarc.result is AuthResult.TEMPERROR:
-        # Could the missing answer change the verdict? Only if something would be enforced.
-        can_matter = override != "accept" and (
-            dmarc.policy is None or dmarc.policy is not Policy.NONE
-            or override in ("reject", "quarantine"))
-        if can_matter and settings.on_dns_temperror == "tempfail":
-            return Verdict(Action.TEMPFAIL, Reason.DNS_TEMPERROR, settings.tempfail_reply,
-                           f"DMARC for {domain} could not be evaluated: {dmarc.reason}",
-                           published_policy=published)
-        return None
+        return _temperror_verdict(analysis, settings, dmarc, published)
     if dmarc.result is not AuthResult.FAIL or dmarc.disposition is None:
         return None
-    action = _ACTION_FOR[dmarc.disposition]
+    return _fail_verdict(analysis, settings, dmarc, dmarc.disposition, published, evaluated)
+
+
+def _temperror_verdict(analysis: Analysis, settings: Settings, dmarc: DmarcOutcome,
+                       published: str | None) -> Verdict | None:
+    """A missing DNS answer tempfails only when some answer it could have had changes the
+    verdict (docs/POLICY.md, "When an answer is missing").
+
+    The DMARC check says what the missing answers leave open: the dispositions a fail could
+    have (``possible_dispositions``; none given = any, or the known policy) and whether a
+    pass (or no record at all) is possible. Each is decided as if it were the answer; one
+    verdict for all is the verdict, else the message is tempfailed.
+    """
+    domain = dmarc.header_from or "the author domain"
+    possible = dmarc.possible_dispositions or (
+        (dmarc.policy,) if dmarc.policy is not None else tuple(Policy))
+    outcomes = [_fail_verdict(analysis, settings, dmarc, d, published, d.value)
+                for d in possible]
+    actions = {v.action for v in outcomes}
+    if dmarc.pass_possible:
+        actions.add(Action.ACCEPT)
+    if len(actions) == 1:
+        if Action.ACCEPT in actions:
+            return None  # every answer accepts: rows 14/15 say why
+        chosen = max(outcomes, key=lambda v: _SEVERITY[v.action])
+        return replace(chosen, evaluated_disposition=None, detail=(
+            f"DMARC temperror for {domain}, but every possible answer gives "
+            f"{chosen.action.value}: {dmarc.reason}"))
+    if settings.on_dns_temperror == "tempfail":
+        return Verdict(Action.TEMPFAIL, Reason.DNS_TEMPERROR, settings.tempfail_reply,
+                       f"DMARC for {domain} could not be evaluated: {dmarc.reason}",
+                       published_policy=published)
+    return None
+
+
+def _fail_verdict(analysis: Analysis, settings: Settings, dmarc: DmarcOutcome,
+                  disposition: Policy, published: str | None,
+                  evaluated: str | None) -> Verdict:
+    """Rows 6-10 for a DMARC fail whose evaluated disposition is ``disposition``."""
+    domain = dmarc.header_from or "the author domain"
+    override = settings.domain_override(dmarc.header_from) if dmarc.header_from else None
+    action = _ACTION_FOR[disposition]
     reason = Reason.DMARC_POLICY
     override_detail = ""
     if override is None and action is not Action.ACCEPT:
@@ -248,23 +308,104 @@ def _dmarc_verdict(analysis: Analysis, settings: Settings, published: str | None
         action, override_detail = Action.QUARANTINE, f"domain override for {domain}: never reject"
     elif override == "accept":
         action, override_detail = Action.ACCEPT, f"domain override for {domain}: accept"
+    failed = _failed_identities(analysis, dmarc)
+    detail = f"DMARC {dmarc.result.value} for {domain} ({failed})"
+    signs: tuple[tuple[Sign, str], ...] = ()
     if action is Action.REJECT and settings.downgrade_reject:
         action, override_detail = Action.QUARANTINE, "downgrade_reject"
+    elif action is Action.REJECT and override is None:  # the published policy asks for reject
+        if settings.dmarc_reject == "never":
+            action, override_detail = Action.QUARANTINE, 'dmarc_reject = "never"'
+        elif settings.dmarc_reject == "evidence":
+            signs = evidence_signs(analysis)
+            if signs:
+                action = Action.QUARANTINE
+                detail += "; not rejected, signs: " + ", ".join(s.value for s, _ in signs)
+            else:
+                detail += "; no sign of a mailing list, forwarder, changed message or known sender"
     applied = _DISPOSITION_FOR[action]
-    if override_detail and applied != evaluated:
+    override_reason: OverrideReason | None = None
+    if signs:
+        reason = Reason.MITIGATING_EVIDENCE
+        names = [sign for sign, _ in signs]
+        override_reason = next((SIGN_OVERRIDE[n] for n in names
+                                if SIGN_OVERRIDE[n] is OverrideReason.MAILING_LIST),
+                               OverrideReason.LOCAL_POLICY)
+        # names first (the A-R comment is cut at 200 characters), ASCII only, no parentheses
+        override_detail = ("RFC 9989 section 8 signs: " + ", ".join(n.value for n in names)
+                           + "; " + "; ".join(f"{n.value}: {what}" for n, what in signs))
+    elif override_detail and applied != evaluated:
         reason = Reason.LOCAL_OVERRIDE
+        override_reason = OverrideReason.LOCAL_POLICY
     else:
         override_detail = ""
-    failed = _failed_identities(analysis, dmarc)
+        override_reason = OverrideReason.SAMPLED_OUT if dmarc.sampled is False else None
     return Verdict(
         action, reason,
         _fill(settings.reject_reply, domain, failed) if action is Action.REJECT else None,
-        detail=f"DMARC {dmarc.result.value} for {domain} ({failed})",
+        detail=detail,
         published_policy=published, evaluated_disposition=evaluated,
         applied_disposition=applied,
-        override_reason=OverrideReason.LOCAL_POLICY if override_detail else (
-            OverrideReason.SAMPLED_OUT if dmarc.sampled is False else None),
-        override_detail=override_detail)
+        override_reason=override_reason,
+        override_detail=override_detail,
+        signs=tuple(sign for sign, _ in signs))
+
+
+def evidence_signs(analysis: Analysis) -> tuple[tuple[Sign, str], ...]:
+    """The RFC 9989 §8 signs this message shows, each with what showed it, in a fixed order.
+
+    Every sign can be forged by whoever forges the From; that is why a sign only ever turns
+    a reject into a quarantine, never into an accept.
+    """
+    dmarc = analysis.dmarc
+    if dmarc is None:
+        return ()
+    marks = analysis.marks
+    found: list[tuple[Sign, str]] = []
+    if marks.list_fields:
+        found.append((Sign.LIST_FIELDS, " and ".join(marks.list_fields)))
+    arc = analysis.arc
+    if arc.result is not AuthResult.NONE or marks.arc_fields:
+        sealer = arc.newest_sealer[:64] or "no readable sealer"
+        found.append((Sign.ARC_SET, f"sealed by {sealer}, arc={arc.result.value}"))
+    broken = broken_aligned_signature(analysis)
+    if broken:
+        found.append((Sign.BROKEN_SIGNATURE, f"dkim d={broken} failed"))
+    if marks.known_network:
+        found.append((Sign.KNOWN_SENDER,
+                      f"{marks.known_network} passed DMARC for {dmarc.header_from}"))
+    return tuple(found)
+
+
+def broken_aligned_signature(analysis: Analysis) -> str:
+    """``d=`` of a DKIM signature that failed verification (``dkim=fail``: body hash or
+    signature mismatch — the message changed in transit) and is aligned with the author
+    domain, else "".
+
+    Aligned, without a DNS query on the reply path: ``d=`` is the author domain, or — unless
+    the record asks for ``adkim=s`` — the author's Organizational Domain or a name under it
+    (checks/dmarc.py ``within_organizational_domain``; the author domain stands in for an
+    Organizational Domain the DMARC check did not need to find). A signature that is
+    malformed or has no key (``permerror``) says nothing about transit and is not a sign.
+    """
+    dmarc = analysis.dmarc
+    if dmarc is None or not dmarc.header_from:
+        return ""
+    author = normalise_domain(dmarc.header_from) or dmarc.header_from
+    record = next((e.record for e in dmarc.evaluations if e.domain == dmarc.header_from), None)
+    strict = record is not None and record.adkim is Alignment.STRICT
+    org = normalise_domain(dmarc.org_domain or "") or author
+    if not within_organizational_domain(author, org):
+        org = author  # defensive: an org domain is always the author or one of its parents
+    for signature in analysis.dkim.signatures:
+        if signature.result is not AuthResult.FAIL or not signature.domain:
+            continue
+        d = normalise_domain(signature.domain)
+        if d is None:
+            continue
+        if d == author or (not strict and within_organizational_domain(d, org)):
+            return d
+    return ""
 
 
 def arc_vouch(analysis: Analysis, settings: Settings) -> str:

@@ -42,6 +42,7 @@ from prometheus_client import disable_created_metrics, generate_latest
 from .config import Settings, settings_from_mapping
 from .dns import CachingResolver, ResolverSettings
 from .engine import Engine
+from .history import sender_history
 from .metrics import Metrics
 from .milter import (
     MailsecMilter,
@@ -143,7 +144,11 @@ def build_runtime(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics
         max_ttl=int(settings.dns_max_ttl),
         negative_ttl=int(settings.dns_negative_ttl),
     ), observer=metrics.observe_dns)
-    return Runtime(settings, Engine(settings, resolver, pool), metrics, recorder)
+    # issue 15: the worker's sending history (RFC 9989 §8 known-sender sign), refreshed in
+    # the background; one per worker, kept across reloads with equal settings.
+    history = sender_history(settings)
+    return Runtime(settings, Engine(settings, resolver, pool, history=history), metrics,
+                   recorder)
 
 
 def recorder_for(settings: Settings, metrics: Metrics, current: Recorder | None

@@ -19,7 +19,11 @@ Defined outcomes (RFC 8601 words; RFC 9989 §9.2 registers them for dmarc):
   valid ``rua`` the record acts as ``p=none`` (§4.10.1);
 * a temporary DNS failure on any query the result depends on (policy discovery, a Tree Walk
   needed for relaxed alignment, the np existence test) → ``temperror``, never ``none`` or
-  ``fail`` (§5.3.6). An aligned pass is final even if other lookups failed;
+  ``fail`` (§5.3.6), with what the missing answer leaves open (``possible_dispositions``,
+  ``pass_possible``) so policy.py can tell whether it could change the verdict. An aligned
+  pass is final even if other lookups failed; an SPF or DKIM pass for exactly the author
+  domain is a pass even when policy discovery failed (it aligns under any record); an
+  unknown np existence does not matter when ``sp`` and ``np`` are the same;
 * SPF (MAIL FROM identity only; for the null sender that is ``postmaster@<HELO>``, RFC 9989
   §3.2.4 / RFC 7208 §2.4) pass with an aligned domain, or any DKIM pass with an aligned ``d=``
   → ``pass`` (§5.3.5). Otherwise ``temperror`` if an SPF or DKIM temperror *on a domain that
@@ -77,6 +81,7 @@ __all__ = [
     "parse_record",
     "select_organizational_domain",
     "tree_walk_names",
+    "within_organizational_domain",
 ]
 
 Mode = Literal["rfc9989", "rfc7489"]
@@ -311,6 +316,16 @@ def identifiers_aligned_psl(author: str, identifier: str, *, strict: bool,
     if strict:
         return False
     return (organizational_domain_psl(a, psl) or a) == (organizational_domain_psl(i, psl) or i)
+
+
+def within_organizational_domain(identifier: str, org_domain: str) -> bool:
+    """Whether ``identifier`` is ``org_domain`` or a name under it (both normalised).
+
+    An Organizational Domain is always the name itself or one of its parents, so only such an
+    identifier can share it (relaxed alignment, §4.4); it needs no DNS. policy.py also uses it
+    to tell a failing signature "aligned" without a Tree Walk on the reply path.
+    """
+    return identifier == org_domain or identifier.endswith("." + org_domain)
 
 
 def tree_walk_names(domain: str, max_queries: int = RFC_TREE_WALK_QUERIES) -> tuple[str, ...]:
@@ -566,6 +581,8 @@ class DomainEvaluation:
     policy_domain: str | None = None
     record: DmarcRecord | None = None
     reason: str = ""
+    possible_dispositions: tuple[Policy, ...] = ()
+    pass_possible: bool = True
 
 
 @dataclass(frozen=True)
@@ -591,6 +608,8 @@ class DmarcOutcome:
     mode: Mode = "rfc9989"
     author_problems: tuple[AuthorProblem, ...] = ()
     incomplete: bool = False
+    possible_dispositions: tuple[Policy, ...] = ()
+    pass_possible: bool = True
 
     @property
     def author_problem(self) -> AuthorProblem | None:
@@ -655,7 +674,7 @@ class _Evaluator:
         # An Organizational Domain is always the name itself or one of its parents, so only an
         # identifier at or below the author's one can share it; no walk (and no DNS failure in
         # a walk through someone else's zone) can change that.
-        if identifier != org_author and not identifier.endswith("." + org_author):
+        if not within_organizational_domain(identifier, org_author):
             return False
         if identifier not in self.identifier_walks:
             if len(self.identifier_walks) >= self.settings.max_alignment_walks:
@@ -691,8 +710,33 @@ class _Evaluator:
             return record.sp, sp_tag
         exists = self.exists(author)
         if exists is None:
-            return None
+            # Unknown existence matters only when sp and np differ (docs/POLICY.md,
+            # "When an answer is missing").
+            return (record.sp, sp_tag) if record.sp is record.np else None
         return (record.sp, sp_tag) if exists else (record.np, "np")
+
+    def identical_pass(self, author: str) -> tuple[bool, bool]:
+        """Whether SPF, and whether some DKIM signature, passes for the author domain itself.
+
+        Such an identifier is aligned under strict and relaxed alignment alike (§4.4), so it
+        gives DMARC pass whatever record the discovery would have found."""
+        spf = self.spf_result is AuthResult.PASS and self.spf_domain == author
+        dkim = any(r is AuthResult.PASS and d == author for r, d in self.dkim)
+        return spf, dkim
+
+    def dispositions(self, record: DmarcRecord, policies: tuple[Policy, ...]
+                     ) -> tuple[Policy, ...]:
+        """Every disposition a fail under one of ``policies`` could evaluate to (t=y steps
+        down; RFC 7489 pct below 100 may step down or not)."""
+        out: list[Policy] = []
+        for policy in policies:
+            if record.t and self.settings.mode == "rfc9989":
+                out.append(_STEP_DOWN[policy])
+                continue
+            out.append(policy)
+            if self.settings.mode == "rfc7489" and record.pct is not None and record.pct < 100:
+                out.append(_STEP_DOWN[policy])
+        return tuple(dict.fromkeys(out))
 
     # one author domain -------------------------------------------------------------------
 
@@ -702,6 +746,19 @@ class _Evaluator:
         else:
             found = _discover_9989(self.lookups, author)
         if found.status == "temperror":
+            spf_identical, dkim_identical = self.identical_pass(author)
+            if spf_identical or dkim_identical:
+                # Any record (adkim/aspf r or s) would align this identifier, and no record at
+                # all gives "none": no answer the lookup could have had makes it a fail.
+                how = ([f"spf {author}"] if spf_identical else []) + (
+                    [f"dkim d={author}"] if dkim_identical else [])
+                return DomainEvaluation(
+                    author, AuthResult.PASS, disposition=Policy.NONE,
+                    spf_aligned=spf_identical,
+                    dkim_aligned=(author,) if dkim_identical else (),
+                    org_domain=found.org_domain,
+                    reason=f"aligned {', '.join(how)}, the author domain itself: aligned "
+                           f"under any record, although {found.reason}")
             return DomainEvaluation(author, AuthResult.TEMPERROR, org_domain=found.org_domain,
                                     reason=found.reason)
         if found.status == "none":
@@ -765,14 +822,19 @@ class _Evaluator:
             return replace(base, result=AuthResult.PASS, policy=policy, policy_tag=tag,
                             disposition=Policy.NONE,
                             reason=f"aligned {', '.join(how)}; record {where}")
+        candidates = (policy,) if policy is not None else (record.sp, record.np)
         if spf_unknown or dkim_unknown:
             which = (["spf " + str(self.spf_domain)] if spf_unknown else []) + [
                 f"dkim d={d}" for d in dkim_unknown]
             return replace(base, result=AuthResult.TEMPERROR, policy=policy, policy_tag=tag,
+                            possible_dispositions=self.dispositions(record, candidates),
+                            pass_possible=True,
                             reason=f"alignment unknown after a temporary error: "
                                    f"{', '.join(which)}")
         if policy is None or tag is None:
             return replace(base, result=AuthResult.TEMPERROR,
+                            possible_dispositions=self.dispositions(record, candidates),
+                            pass_possible=False,
                             reason=f"existence of {author} unknown (np), record {where}")
 
         disposition = policy
@@ -849,4 +911,6 @@ def check_dmarc(
         mode=settings.mode,
         author_problems=problems,
         incomplete=incomplete,
+        possible_dispositions=decisive.possible_dispositions,
+        pass_possible=decisive.pass_possible,
     )

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime
 from ..checks.dmarc import DmarcOutcome, DomainEvaluation
 from ..engine import Analysis
 from ..model import AuthResult, Envelope
-from ..policy import Action, OverrideReason, Reason, Verdict
+from ..policy import SIGN_OVERRIDE, Action, OverrideReason, Reason, Verdict
 
 MAX_DKIM_PER_ROW = 100  # RFC 9990 §3.1.3: "no more than 100 signatures for a given row"
 
@@ -144,11 +144,18 @@ def _reasons(verdict: Verdict, evaluation: DomainEvaluation) -> tuple[tuple[str,
             and evaluation.disposition is not evaluation.policy:
         reasons.append((ReasonType.POLICY_TEST_MODE, "t=y"))
     override = verdict.override_reason
-    if override is OverrideReason.TRUSTED_FORWARDER:
+    if verdict.signs:
+        # RFC 9989 §8 signs: one reason per type, each naming its signs (the comment of the
+        # A-R header says what showed each one)
+        for kind in (OverrideReason.MAILING_LIST, OverrideReason.LOCAL_POLICY):
+            names = [sign.value for sign in verdict.signs if SIGN_OVERRIDE[sign] is kind]
+            if names:
+                reasons.append((kind.value, "RFC 9989 section 8: " + ", ".join(names)))
+    elif override is OverrideReason.TRUSTED_FORWARDER:
         reasons.append((ReasonType.TRUSTED_FORWARDER, verdict.override_detail[:200]))
     elif override is OverrideReason.LOCAL_POLICY or verdict.reason is Reason.LOCAL_OVERRIDE:
         reasons.append((ReasonType.LOCAL_POLICY, verdict.override_detail[:200]))
-    elif override is not None and override.value == ReasonType.MAILING_LIST:
+    elif override is OverrideReason.MAILING_LIST:
         reasons.append((ReasonType.MAILING_LIST, verdict.override_detail[:200]))
     return tuple(reasons)
 

@@ -14,12 +14,16 @@ REJECT_REPLY = "550 5.7.1 Rejected by the DMARC policy of {domain}: {failed}"
 
 
 def milter_for(dns: DnsServer, *, deadline: str = "3s",
-               policy: dict[str, Any] | None = None) -> MilterProcess:
-    """A (not yet started) daemon asking ``dns``, with our authserv-id and ``[policy]`` extras."""
+               policy: dict[str, Any] | None = None,
+               sections: dict[str, dict[str, Any]] | None = None) -> MilterProcess:
+    """A (not yet started) daemon asking ``dns``, with our authserv-id, ``[policy]`` extras and
+    any other ``sections`` (e.g. ``{"reports": {"store": PATH}}``)."""
     config: dict[str, dict[str, Any]] = {
         "milter": {"authserv_id": AUTHSERV_ID, "message_deadline": deadline},
         "dns": {"nameservers": [dns.address], "timeout": "1s"},
     }
     if policy:
         config["policy"] = policy
+    for name, table in (sections or {}).items():
+        config.setdefault(name, {}).update(table)
     return MilterProcess(config)

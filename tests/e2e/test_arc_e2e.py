@@ -9,6 +9,10 @@ Only a passing ARC chain whose newest seal is by a trusted sealer that recorded
 - sealed by other.example (valid chain, but not trusted) -> 550;
 - sealed by lists.example but it recorded dmarc=fail -> 550;
 - sealed by lists.example, body changed after sealing (chain fails) -> 550.
+
+The daemon runs with ``dmarc_reject = "always"``: under the default ("evidence", RFC 9989 §8)
+an ARC set from any sealer is a sign of an intermediary and turns each 550 into a quarantine
+(tests/e2e/test_evidence_e2e.py runs that).
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def dns(dns_server_factory: Callable[..., DnsServer]) -> DnsServer:
 @pytest.fixture(scope="module")
 def milter(dns: DnsServer) -> Iterator[MilterProcess]:
     process = milter_for(dns, deadline="5s", policy={"trusted_arc_sealers": [TRUSTED],
-                                                     "reject_reply": REJECT_REPLY})
+                                                     "reject_reply": REJECT_REPLY,
+                                                     "dmarc_reject": "always"})
     with process:
         yield process
 

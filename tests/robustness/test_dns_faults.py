@@ -131,12 +131,27 @@ def test_healthy_domain_passes(milter: MilterProcess) -> None:
 def test_dmarc_record_unavailable_tempfails(milter: MilterProcess, domain: str,
                                             queue_id: str) -> None:
     """The author domain's policy could not be fetched: it may be p=reject, so the message is
-    tempfailed (the sender retries) and the log line says dmarc=temperror."""
-    answer = send(milter, message(domain), mail_from=f"a@{domain}", queue_id=queue_id)
+    tempfailed (the sender retries) and the log line says dmarc=temperror. (SPF passes for
+    good.test, which is not the author domain: whether it aligns depends on the record.)"""
+    answer = send(milter, message(domain), mail_from="bounce@good.test", queue_id=queue_id)
     assert answer.action == "tempfail", answer
     assert answer.smtp_reply is not None and answer.smtp_reply.startswith("451 4.")
     assert f'dmarc="temperror:{domain}:' in answer.log_line  # logfmt quotes the p=
     assert "verdict=tempfail reason=dns_temperror" in answer.log_line
+
+
+@pytest.mark.parametrize(("domain", "queue_id"), [
+    ("dmarc-drop.test", "DMARCDROPID"),
+    ("dmarc-servfail.test", "DMARCSFID"),
+])
+def test_dmarc_record_unavailable_but_spf_passes_for_the_author_itself(
+        milter: MilterProcess, domain: str, queue_id: str) -> None:
+    """SPF passes for exactly the author domain: aligned under any record, so no answer the
+    lookup could have had changes the verdict — accepted, and the header says why (issue 15)."""
+    answer = send(milter, message(domain), mail_from=f"a@{domain}", queue_id=queue_id)
+    assert answer.action == "accept", answer
+    assert answer.header is not None and "dmarc=pass" in answer.header
+    assert "aligned under any record" in answer.header
 
 
 @pytest.mark.parametrize(("domain", "queue_id"), [("spf-drop.test", "SPFDROP"),

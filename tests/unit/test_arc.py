@@ -191,8 +191,13 @@ def test_a_trusted_sealer_that_saw_dmarc_pass_lifts_the_reject() -> None:
 ])
 def test_the_reject_stands_unless_every_condition_holds(why: str, arc: ArcOutcome,
                                                        policy: dict[str, Any]) -> None:
-    verdict = decide(forwarded(arc), ENVELOPE, settings(**policy))
+    verdict = decide(forwarded(arc), ENVELOPE, settings(**policy, dmarc_reject="always"))
     assert verdict.action is Action.REJECT, why
+    # RFC 9989 §8 (the default): an ARC set that does not vouch is still a sign of an
+    # intermediary: quarantined, never accepted; an operator's "reject" override stays reject
+    default = decide(forwarded(arc), ENVELOPE, settings(**policy))
+    expected = Action.REJECT if "domain_overrides" in policy else Action.QUARANTINE
+    assert default.action is expected, why
 
 
 def test_a_trusted_sealers_chain_that_could_not_be_checked_tempfails() -> None:
@@ -201,7 +206,9 @@ def test_a_trusted_sealers_chain_that_could_not_be_checked_tempfails() -> None:
     assert verdict.action is Action.TEMPFAIL and verdict.reason is Reason.DNS_TEMPERROR
     # an untrusted sealer's DNS trouble cannot change the verdict: the policy applies
     other = ArcOutcome(R.TEMPERROR, newest_sealer="other.example")
-    assert decide(forwarded(other), ENVELOPE, settings(**TRUSTING)).action is Action.REJECT
+    assert decide(forwarded(other), ENVELOPE,
+                  settings(**TRUSTING, dmarc_reject="always")).action is Action.REJECT
+    assert decide(forwarded(other), ENVELOPE, settings(**TRUSTING)).action is Action.QUARANTINE
 
 
 def test_a_trusted_sealer_also_lifts_reject_on_spf_fail() -> None:

@@ -15,6 +15,7 @@ Bounded: a fixed-seed corpus of 6,000 values plus 1,500 new hypothesis examples 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 from email.headerregistry import HeaderRegistry
 from email.utils import getaddresses
@@ -79,7 +80,17 @@ def shown_domains(value: str) -> set[str]:
         shown.update(a.domain for a in _REGISTRY("From", value).addresses if a.domain)
     with contextlib.suppress(Exception):
         shown.update(a.rpartition("@")[2] for _name, a in getaddresses([value]) if "@" in a)
-    return {d for d in map(uts46, shown) if d is not None}
+    return {d for d in map(uts46, shown) if d is not None and not _is_ip_address(d)}
+
+
+def _is_ip_address(name: str) -> bool:
+    """An address literal a reader shows without its brackets is still no DNS domain: DMARC
+    has nothing to evaluate for it (RFC 9989 §5.3.1)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def missing(value: str) -> set[str]:

@@ -7,7 +7,7 @@ DKIM pass for another domain is named as not aligned, the reason it did not coun
 from __future__ import annotations
 
 from mailsec_milter.checks.dkim import DkimOutcome, DkimSignatureOutcome
-from mailsec_milter.checks.dmarc import DmarcOutcome, Policy
+from mailsec_milter.checks.dmarc import DmarcOutcome, DomainEvaluation, Policy
 from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome
 from mailsec_milter.config import settings_from_mapping
@@ -16,7 +16,10 @@ from mailsec_milter.model import AuthResult, Envelope
 from mailsec_milter.policy import Action, decide, explain_identities
 
 R = AuthResult
-SETTINGS = settings_from_mapping({"milter": {"authserv_id": "mx.test.example"}})
+# "always": these tests are about the reject text; under the default "evidence" a failing
+# aligned signature (one of them below) would quarantine instead (docs/POLICY.md row 6a).
+SETTINGS = settings_from_mapping({"milter": {"authserv_id": "mx.test.example"},
+                                  "policy": {"dmarc_reject": "always"}})
 ENVELOPE = Envelope(client_ip="198.51.100.7", helo="mail.bank.example",
                     mail_from="x@bank.example")
 
@@ -25,7 +28,9 @@ def rejected_text(spf: SpfOutcome, *signatures: DkimSignatureOutcome,
                   spf_aligned: bool = False, dkim_aligned: tuple[str, ...] = ()) -> str:
     outcome = DmarcOutcome(R.FAIL, header_from="bank.example", policy=Policy.REJECT,
                            disposition=Policy.REJECT, spf_aligned=spf_aligned,
-                           dkim_aligned=dkim_aligned)
+                           dkim_aligned=dkim_aligned,
+                           evaluations=(DomainEvaluation("bank.example", R.FAIL,
+                                                         policy=Policy.REJECT),))
     analysis = Analysis(spf_mailfrom=spf, spf_helo=None, dkim=DkimOutcome(signatures),
                         tls=TlsOutcome(R.NONE), dmarc=outcome)
     verdict = decide(analysis, ENVELOPE, SETTINGS)

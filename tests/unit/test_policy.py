@@ -14,6 +14,7 @@ from mailsec_milter.checks.spf import SpfIdentity, SpfOutcome
 from mailsec_milter.checks.tls import TlsOutcome
 from mailsec_milter.config import settings_from_mapping
 from mailsec_milter.engine import Analysis, CheckError
+from mailsec_milter.evidence import Marks
 from mailsec_milter.model import AuthResult, Envelope, normalise_ip
 from mailsec_milter.policy import (
     ACTIONS_FOR_REASON,
@@ -45,7 +46,9 @@ def analysis(dmarc_outcome: DmarcOutcome | None, *, spf: AuthResult = R.FAIL,
     return Analysis(
         spf_mailfrom=SpfOutcome(SpfIdentity.MAILFROM, spf, "x@evil.example", "evil.example"),
         spf_helo=None,
-        dkim=DkimOutcome((DkimSignatureOutcome(R.FAIL, domain=DOMAIN),)),
+        # a failing signature by someone else's domain: not an RFC 9989 §8 sign (a failing
+        # *aligned* one is: tests/unit/test_evidence.py)
+        dkim=DkimOutcome((DkimSignatureOutcome(R.FAIL, domain="evil.example"),)),
         tls=TlsOutcome(R.PASS, "TLSv1.3", "X", 256) if tls else TlsOutcome(R.NONE),
         dmarc=dmarc_outcome, errors=errors)
 
@@ -316,11 +319,13 @@ def every_verdict(dry_run: bool) -> set[tuple[Action, Reason, Action | None]]:
         chosen = settings(**config, dry_run=dry_run)
         for outcome in outcomes:
             for spf in (R.FAIL, R.PASS, R.TEMPERROR):
-                for arc in (ArcOutcome(), ARC_PASS, ARC_TEMPERROR):
+                for arc, marks in ((ArcOutcome(), Marks()), (ARC_PASS, Marks()),
+                                   (ARC_TEMPERROR, Marks()),
+                                   (ArcOutcome(), Marks(list_fields=("List-Id",)))):
                     for errors in ((), (CheckError("dkim", "boom"),)):
                         for tls in (False, True):
                             message = replace(analysis(outcome, spf=spf, tls=tls,
-                                                       errors=errors), arc=arc)
+                                                       errors=errors), arc=arc, marks=marks)
                             for envelope in envelopes:
                                 verdict = decide(message, envelope, chosen)
                                 seen.add((verdict.action, verdict.reason,
