@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import re
 import threading
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +26,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 from typing import Any
 
+from lxml import etree
+
 from .. import __version__
 from .record import PublishedPolicy
 from .store import StoredRow
 
 NAMESPACE = "urn:ietf:params:xml:ns:dmarc-2.0"
+_Q = "{" + NAMESPACE + "}"
 XSD_NAME = "rfc9990.xsd"
 GENERATOR = f"mailsec-milter {__version__}"
 MAX_DKIM_PER_ROW = 100  # §3.1.3
@@ -134,8 +136,8 @@ def _merged(rows: Sequence[StoredRow]) -> list[tuple[StoredRow, int]]:
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
-    element = ET.SubElement(parent, tag)
+def _sub(parent: Any, tag: str, text: str | None = None) -> Any:
+    element = etree.SubElement(parent, _Q + tag)
     if text is not None:  # a comment copied from a header may hold what XML 1.0 cannot
         element.text = _NOT_XML.sub("\ufffd", text)
     return element
@@ -148,7 +150,7 @@ def build_xml(reporter: Reporter, policy_domain: str, period: Period, rid: str,
     if not rows:
         raise ValueError(f"{policy_domain}: no records in the period (§3.1.1.2 needs one)")
     published = latest_policy(rows)
-    root = ET.Element("feedback", {"xmlns": NAMESPACE})
+    root = etree.Element(_Q + "feedback", nsmap={None: NAMESPACE})
     _sub(root, "version", "1.0")
     meta = _sub(root, "report_metadata")
     _sub(meta, "org_name", reporter.org_name)
@@ -199,7 +201,7 @@ def build_xml(reporter: Reporter, policy_domain: str, period: Period, rid: str,
             _sub(spf, "domain", row.spf[0])
             _sub(spf, "scope", row.spf[1])
             _sub(spf, "result", row.spf[2])
-    body = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    body = etree.tostring(root, encoding="utf-8", xml_declaration=True)
     return body, len(merged), messages, published
 
 
@@ -219,11 +221,10 @@ _SCHEMA: list[Any] = []
 
 
 def _schema() -> Any:
-    """The Appendix A schema, parsed once (lxml's validator: ~100x faster than pure Python)."""
+    """The Appendix A schema, parsed once (libxml2 through lxml: building and validating 5,000
+    reports takes seconds, not minutes)."""
     with _SCHEMA_LOCK:
         if not _SCHEMA:
-            from lxml import etree
-
             text = resources.files(__package__).joinpath(XSD_NAME).read_bytes()
             _SCHEMA.append(etree.XMLSchema(etree.fromstring(text)))
         return _SCHEMA[0]
@@ -231,8 +232,6 @@ def _schema() -> Any:
 
 def validate(xml: bytes) -> None:
     """Raise InvalidReportError naming the first schema error (line and message)."""
-    from lxml import etree
-
     schema = _schema()
     try:
         document = etree.fromstring(xml)
