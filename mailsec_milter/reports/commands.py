@@ -13,7 +13,7 @@ import sys
 import time
 import xml.dom.minidom
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -120,6 +120,10 @@ def _send(args: argparse.Namespace, settings: Settings, store: ReportStore, reso
     except SendingOffError as exc:
         print(f"mailsec-milter: {exc}", file=sys.stderr)
         return 2
+    if period.last >= datetime.now(UTC).date() and not args.dry_run:
+        print(f"mailsec-milter: warning: {period.first} is not over; the report covers what "
+              "is recorded so far and is claimed: later records of that day are not sent",
+              file=sys.stderr)
     own = submitter is None and not args.dry_run
     if own:
         submitter = SmtpSubmitter(settings.reports_submit)

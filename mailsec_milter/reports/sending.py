@@ -314,7 +314,7 @@ def send_period(store: ReportStore, settings: Settings, resolver: Resolver, peri
     reporter = reporter_for(settings)
     now = now or datetime.now(UTC)
     today = now.astimezone(UTC).date()
-    host = host or socket.getfqdn()
+    host = host or socket.gethostname()  # who claimed it, for people (no DNS on the way)
     planner = Planner(SafetyRules.from_settings(settings), resolver,
                       psl or load_psl(settings.dmarc_public_suffix_list or None),
                       lambda address: store.sent_on(address, today), dry_run)

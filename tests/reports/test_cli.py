@@ -143,3 +143,19 @@ def test_bad_sending_keys_are_named(tmp_path: Path, table: str, message: str,
     path.write_text(f"[reports]\n{table}\n")
     assert main(["check-config", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_sending_today_is_allowed_with_a_warning(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date()
+    store = open_store(str(tmp_path / "reports.sqlite"))
+    store.write([domain_record("victim.example", "mailto:d@victim.example", day=today)])
+    store.close()
+    with SmtpSink() as sink:
+        config = _config(tmp_path, extra=f'submit = "{sink.address}"\n')
+        assert main(["reports", "send", "--config", str(config), "--period",
+                     str(today)]) == 0
+        assert len(sink.state.messages) == 1
+    assert "is not over" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import gzip
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,8 @@ from typing import Any
 
 import parsedmarc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailsec_milter.config import Settings, settings_from_mapping
 from mailsec_milter.dns import DnsOutcome, DnsResult, StaticResolver
@@ -453,3 +456,42 @@ def test_a_dns_result_type_the_check_ignores_is_not_authorisation() -> None:
                                                               "third.example"),
                                 resolver, _psl(), 5)
     assert verdict.outcome is Authorisation.REFUSED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300) | st.lists(
+    st.sampled_from(["mailto:a@b.example", "mailto:", "mailto:x@y", "http://x", "mailto:%00@x.ex",
+                     "mailto:a@b.example!5m", "MAILTO:Q@R.EXAMPLE", " ", "mailto:a@xn--.example",
+                     "mailto:\u00e9@b.example", "mailto:a@b\u00e9.example", "::", "mailto:a@@b"]),
+    max_size=60).map(",".join))
+def test_any_rua_text_gives_at_most_limit_plain_addresses(rua: str) -> None:
+    found, refused = parse_rua(rua, limit=3)
+    assert len(found) <= 3 and len(set(found)) == len(found)
+    assert len(refused) <= MAX_URIS_READ + 1
+    for destination in found:
+        local, _, domain = destination.address.rpartition("@")
+        assert domain == destination.domain and domain.isascii() and "." in domain
+        assert local and local.isascii() and not any(c in local for c in " ,<>\"\r\n")
+
+
+def test_a_domain_with_10000_source_ips_in_a_day_gives_one_valid_report(
+        store: ReportStore) -> None:
+    store.write([domain_record("big.example", "mailto:d@big.example",
+                               source_ip=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+                 for i in range(10_000)])
+    submitter = Recorder()
+    outcome, lines = send(store, sending_settings(), zone(), submitter)
+    assert outcome.sent == 1 and lines[0].messages == 10_000
+    ((_to, message),) = submitter.sent
+    (attachment,) = list(message.iter_attachments())
+    xml = gzip.decompress(attachment.get_content())
+    assert xml.count(b"<record>") == 10_000
+
+
+def test_dry_run_applies_the_daily_cap_to_what_it_plans(store: ReportStore) -> None:
+    store.write([domain_record(f"d{i}.victim.example", "mailto:agg@victim.example")
+                 for i in range(3)])
+    _outcome, lines = send(store, sending_settings(max_per_destination=2), zone(), Recorder(),
+                           dry_run=True)
+    actions = sorted(t.action + ":" + t.reason for line in lines for t in line.targets)
+    assert actions == ["send:", "send:", "skip:daily_cap"]
