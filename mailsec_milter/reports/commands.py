@@ -86,6 +86,7 @@ def run(args: argparse.Namespace, settings: Settings,
     except StoreError as exc:
         print(f"mailsec-milter: report store: {exc}", file=sys.stderr)
         return 1
+    resolver: Resolver | None = None
     try:
         if args.reports_command == "send":
             resolver = (zone_resolver(args.zone) if getattr(args, "zone", None)
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace, settings: Settings,
         return 1
     finally:
         store.close()
+        if resolver is not None:
+            resolver.close()
 
 
 def _send(args: argparse.Namespace, settings: Settings, store: ReportStore, resolver: Resolver,

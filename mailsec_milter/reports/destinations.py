@@ -39,6 +39,7 @@ class Skip(StrEnum):
     NO_ALIGNED_PASS = "no_aligned_pass"
     DUPLICATE = "duplicate"
     ONLY_REPORT_MAIL = "only_report_mail"
+    INVALID_REPORT = "invalid_report"  # a bug: the report did not validate; never sent
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import smtplib
 import socket
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ..dns import Resolver
 from .destinations import Authorisation, Destination, Skip, check_destination, parse_rua
 from .status import RunOutcome
 from .store import ReportStore, StoredRow
-from .xmlreport import Period, Report, Reporter, build_report, subject
+from .xmlreport import InvalidReportError, Period, Report, Reporter, build_report, subject
 
 
 class SendingOffError(Exception):
@@ -79,6 +80,7 @@ class Built:
     report: Report | None
     rows: tuple[StoredRow, ...]
     skip: Skip | None = None
+    detail: str = ""
 
 
 def build_all(store: ReportStore, reporter: Reporter, period: Period,
@@ -92,9 +94,14 @@ def build_all(store: ReportStore, reporter: Reporter, period: Period,
         rows = [r for r in store.rows(domain, period.first, period.last)
                 if r.header_from != reporter.receiver]
         if not rows:
-            yield Built(domain, None, (), Skip.ONLY_REPORT_MAIL)
+            yield Built(domain, None, (), Skip.ONLY_REPORT_MAIL,
+                        "only rows about our own report mail")
             continue
-        yield Built(domain, build_report(reporter, domain, period, rows), tuple(rows))
+        try:
+            yield Built(domain, build_report(reporter, domain, period, rows), tuple(rows))
+        except InvalidReportError as exc:  # a bug; the other domains' reports still go
+            yield Built(domain, None, tuple(rows), Skip.INVALID_REPORT,
+                        f"does not validate against RFC 9990 Appendix A: {exc}")
 
 
 def latest_rua(rows: Sequence[StoredRow]) -> str:
@@ -160,7 +167,7 @@ class Planner:
 
     def whole_report_skip(self, built: Built) -> tuple[Skip, str] | None:
         if built.skip is not None:
-            return built.skip, "only rows about our own report mail"
+            return built.skip, built.detail
         if not latest_rua(built.rows):
             return Skip.NO_RUA, "the policy record has no rua"
         if self.rules.only_aligned_pass and not any(
@@ -334,10 +341,17 @@ def _one(store: ReportStore, settings: Settings, reporter: Reporter, planner: Pl
     messages = report.messages if report else 0
     whole = planner.whole_report_skip(built)
     if whole is not None:
+        note = f"{whole[0].value}: {whole[1]}"
         if not dry_run:
+            # claimed as "skipped", so every later run (and host) knows it is done
+            if not store.claim(built.policy_domain, period.first, period.last, rid, host):
+                return RunLine(built.policy_domain, rid, messages, "claimed-elsewhere", [],
+                               "done before")
+            store.set_claim_state(built.policy_domain, period.first, "skipped", note)
             outcome.skip(whole[0].value)
-        return RunLine(built.policy_domain, rid, messages, "skipped",
-                       [], f"{whole[0].value}: {whole[1]}")
+            if whole[0] is Skip.INVALID_REPORT:
+                outcome.failed += 1
+        return RunLine(built.policy_domain, rid, messages, "skipped", [], note)
     assert report is not None
     if dry_run:
         claim = store.claim_of(built.policy_domain, period.first)
@@ -417,6 +431,8 @@ def write_out(store: ReportStore, settings: Settings, period: Period, out_dir: P
     written = []
     for built in build_all(store, reporter, period, only_domain):
         if built.report is None:
+            if built.skip is Skip.INVALID_REPORT:
+                print(f"mailsec-milter: {built.policy_domain}: {built.detail}", file=sys.stderr)
             continue
         path = out_dir / built.report.filename
         path.write_bytes(built.report.gzipped())

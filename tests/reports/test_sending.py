@@ -495,3 +495,25 @@ def test_dry_run_applies_the_daily_cap_to_what_it_plans(store: ReportStore) -> N
                            dry_run=True)
     actions = sorted(t.action + ":" + t.reason for line in lines for t in line.targets)
     assert actions == ["send:", "send:", "skip:daily_cap"]
+
+
+def test_a_report_that_does_not_validate_is_not_sent_and_the_others_are(
+        store: ReportStore) -> None:
+    store.write([domain_record("bad.example", "mailto:d@bad.example", disposition="bogus"),
+                 domain_record("good.example", "mailto:d@good.example")])
+    submitter = Recorder()
+    outcome, lines = send(store, sending_settings(), zone(), submitter)
+    assert [to for to, _m in submitter.sent] == ["d@good.example"]
+    assert outcome.skipped == {"invalid_report": 1} and outcome.failed == 1
+    bad = next(line for line in lines if line.policy_domain == "bad.example")
+    assert bad.state == "skipped" and "RFC 9990" in bad.note and "bogus" in bad.note
+
+
+def test_a_skipped_report_is_claimed_once_and_not_counted_again(store: ReportStore) -> None:
+    store.write([domain_record("quiet.example", "")])
+    first, _ = send(store, sending_settings(), zone(), Recorder())
+    second, lines = send(store, sending_settings(), zone(), Recorder(), host="mx2")
+    assert first.skipped == {"no_rua": 1} and second.skipped == {}
+    assert lines[0].state == "claimed-elsewhere"
+    claim = store.claim_of("quiet.example", DAY)
+    assert claim is not None and claim.state == "skipped" and "no_rua" in claim.detail
