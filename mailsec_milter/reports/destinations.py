@@ -72,7 +72,8 @@ def parse_rua(rua: str, limit: int) -> tuple[list[Destination], list[Refused]]:
     ignored; delivery to the rest "up to the Receiver's limits")."""
     destinations: list[Destination] = []
     refused: list[Refused] = []
-    text = rua[:MAX_RUA_CHARS]
+    # a list cut at MAX_RUA_CHARS loses its last, partial URI (never a shortened address)
+    text = rua if len(rua) <= MAX_RUA_CHARS else rua[:MAX_RUA_CHARS].rpartition(",")[0]
     uris = [u.strip() for u in text.split(",")]
     if len(rua) > MAX_RUA_CHARS or len(uris) > MAX_URIS_READ:
         refused.append(Refused(f"<{max(len(uris) - MAX_URIS_READ, 0)} more URIs, "

@@ -517,3 +517,15 @@ def test_a_skipped_report_is_claimed_once_and_not_counted_again(store: ReportSto
     assert lines[0].state == "claimed-elsewhere"
     claim = store.claim_of("quiet.example", DAY)
     assert claim is not None and claim.state == "skipped" and "no_rua" in claim.detail
+
+
+def test_a_rua_cut_at_its_length_limit_never_yields_a_shortened_address() -> None:
+    from mailsec_milter.reports.destinations import MAX_RUA_CHARS
+
+    head = "mailto:a@victim.example,"
+    filler = "x" * (MAX_RUA_CHARS - len(head) - len("mailto:b@victim.exam"))
+    rua = head + "ftp://" + filler[6:] + ",mailto:b@victim.example.attacker.example"
+    assert len(rua) > MAX_RUA_CHARS
+    found, refused = parse_rua(rua, limit=5)
+    assert [d.address for d in found] == ["a@victim.example"]
+    assert any(r.reason is Skip.TOO_MANY for r in refused)
