@@ -370,6 +370,8 @@ def _one(store: ReportStore, settings: Settings, reporter: Reporter, planner: Pl
     states: Counter[str] = Counter(s for s in done.values() if s in ("sent", "failed"))
     for target in targets:
         if target.action == "skip":
+            if done.get(target.address) == "skipped":
+                continue  # counted on the run that first skipped it
             outcome.skip(target.reason)
             store.record_delivery(built.policy_domain, period.first, target.address,
                                   "skipped", today, f"{target.reason}: {target.detail}")

@@ -210,15 +210,16 @@ def test_authorised_destinations_get_the_report_refused_ones_do_not(store: Repor
 
 def test_dns_trouble_defers_and_a_later_run_sends_once(store: ReportStore) -> None:
     store.write([domain_record("victim.example", "mailto:d@victim.example,"
-                               "mailto:r@third.example")])
+                               "mailto:r@third.example,ftp://x")])
     troubled = zone("victim.example._report._dmarc.third.example. TXT TIMEOUT")
     submitter = Recorder()
     outcome, _ = send(store, sending_settings(), troubled, submitter)
     assert outcome.deferred == 1 and [to for to, _m in submitter.sent] == ["d@victim.example"]
+    assert outcome.skipped == {"not_mailto": 1}
     claim = store.claim_of("victim.example", DAY)
     assert claim is not None and (claim.state, claim.attempts) == ("deferred", 1)
     outcome, _ = send(store, sending_settings(), zone(AUTHORISED), submitter, host="mx2")
-    assert outcome.sent == 1
+    assert outcome.sent == 1 and outcome.skipped == {}
     # the address that had it is not sent to again; the deferred one now is
     assert [to for to, _m in submitter.sent] == ["d@victim.example", "r@third.example"]
     outcome, lines = send(store, sending_settings(), zone(AUTHORISED), submitter)
