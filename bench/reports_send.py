@@ -2,7 +2,10 @@
 policy domains (SQLite). Reports wall time and peak RSS of the command as figures (issue 14
 asks for <= 10 s on 2 cores and <= 200 MB); nothing is asserted.
 
-    python -m bench.reports_send [--messages 100000] [--domains 5000] [--keep DIR]
+    python -m bench.reports_send [--messages 100000] [--domains 5000] [--keep DIR] [--smtp]
+
+``--smtp`` also times a real ``reports send`` (claims, deliveries, one SMTP message per report)
+to a loopback SMTP sink (tests/support/smtpsink.py, in this process: it shares the CPU).
 
 The rows are written directly with ReportStore.write (as the recorder would), each domain with
 a few source IPs and a mix of pass / fail results, so a report has ~5-15 records.
@@ -62,6 +65,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--domains", type=int, default=5_000)
     parser.add_argument("--keep", help="use (and keep) this directory instead of a temporary one")
+    parser.add_argument("--smtp", action="store_true",
+                        help="also time a real send to a loopback SMTP sink")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailsec-bench-reports-") as tmp:
         root = Path(args.keep or tmp)
@@ -89,7 +94,27 @@ def main() -> int:
               f"{wall:.2f} s wall, {after.ru_utime - before.ru_utime:.2f} s user + "
               f"{after.ru_stime - before.ru_stime:.2f} s sys CPU, peak RSS "
               f"{after.ru_maxrss / 1024:.0f} MB")
+        if args.smtp:
+            _smtp_send(config, store)
     return 0
+
+
+def _smtp_send(config: Path, store: Path) -> None:
+    from tests.support.smtpsink import SmtpSink
+
+    with SmtpSink() as sink:
+        config.write_text(config.read_text() + f'submit = "{sink.address}"\n')
+        started = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "mailsec_milter", "reports", "send", "--config",
+                        str(config), "--period", DAY.isoformat()], check=True,
+                       stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(f"reports send (SMTP to a loopback sink): {len(sink.state.messages)} mails in "
+              f"{wall:.2f} s wall, {after.ru_utime - before.ru_utime:.2f} s user + "
+              f"{after.ru_stime - before.ru_stime:.2f} s sys CPU, peak RSS "
+              f"{after.ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from email.message import EmailMessage
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Protocol
@@ -215,34 +217,35 @@ class Planner:
 
 # --- the mail ------------------------------------------------------------------------------
 
-def compose(report: Report, reporter: Reporter, to: str, now: datetime) -> EmailMessage:
-    """§3.5.2: the subject and file name carry the same report id; a text part for people."""
-    message = EmailMessage()
-    message["From"] = formataddr((reporter.org_name, reporter.email))
+def compose(report: Report, reporter: Reporter, to: str, now: datetime) -> bytes:
+    """§3.5.2: the subject and file name carry the same report id; a text part for people.
+    Built with the compat32 MIME classes: the modern header registry cost ~2 ms a message."""
+    message = MIMEMultipart("mixed")
+    message["From"] = formataddr((reporter.org_name, reporter.email), charset="utf-8")
     message["To"] = to
     message["Subject"] = subject(report.policy_domain, reporter.receiver, report.report_id)
     message["Date"] = format_datetime(now.astimezone(UTC))
     per_destination = hashlib.sha256(to.encode()).hexdigest()[:8]  # §3.5.2: ridtxt in it
     message["Message-ID"] = f"<{report.report_id}.{per_destination}@{reporter.receiver}>"
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
-    message["MIME-Version"] = "1.0"
     begin = datetime.fromtimestamp(report.period.begin, UTC)
     end = datetime.fromtimestamp(report.period.end, UTC)
-    message.set_content(
+    message.attach(MIMEText(
         f"This is a DMARC aggregate report (RFC 9990) from {reporter.org_name} "
         f"({reporter.receiver}) for the domain {report.policy_domain}.\n\n"
         f"Report-ID: {report.report_id}\n"
         f"Period:    {begin:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S} UTC\n"
         f"Messages:  {report.messages} in {report.records} records\n\n"
         f"The report is attached as {report.filename}.\n"
-        f"Questions: {reporter.email}\n")
-    message.add_attachment(report.gzipped(), maintype="application", subtype="gzip",
-                           filename=report.filename)
-    return message
+        f"Questions: {reporter.email}\n", "plain", "utf-8"))
+    attachment = MIMEApplication(report.gzipped(), "gzip")
+    attachment.add_header("Content-Disposition", "attachment", filename=report.filename)
+    message.attach(attachment)
+    return message.as_bytes()
 
 
 class Submitter(Protocol):
-    def submit(self, message: EmailMessage, sender: str, recipient: str) -> tuple[str, str]:
+    def submit(self, message: bytes, sender: str, recipient: str) -> tuple[str, str]:
         """("sent" | "failed" | "defer", detail)."""
         ...
 
@@ -267,12 +270,12 @@ class SmtpSubmitter:
             self._smtp = smtp
         return self._smtp
 
-    def submit(self, message: EmailMessage, sender: str, recipient: str) -> tuple[str, str]:
+    def submit(self, message: bytes, sender: str, recipient: str) -> tuple[str, str]:
         if self._down:
             return "defer", self._down
         try:
             smtp = self._connection()
-            smtp.send_message(message, from_addr=sender, to_addrs=[recipient])
+            smtp.sendmail(sender, [recipient], message)  # line ends become CRLF on the wire
             return "sent", f"accepted by {self.host}:{self.port}"
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))

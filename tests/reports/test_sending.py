@@ -58,15 +58,17 @@ class Recorder:
     """A submitter that keeps what it was given (and can refuse or defer addresses)."""
 
     def __init__(self, refuse: set[str] = frozenset(), defer: set[str] = frozenset()) -> None:
-        self.sent: list[tuple[str, EmailMessage]] = []
+        self.sent: list[tuple[str, EmailMessage]] = []  # parsed as a reader would
         self.refuse, self.defer = refuse, defer
 
-    def submit(self, message: EmailMessage, sender: str, recipient: str) -> tuple[str, str]:
+    def submit(self, data: bytes, sender: str, recipient: str) -> tuple[str, str]:
         assert sender == FROM
         if recipient in self.refuse:
             return "failed", "550 no"
         if recipient in self.defer:
             return "defer", "451 later"
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
         self.sent.append((recipient, message))
         return "sent", "250 ok"
 
@@ -530,3 +532,16 @@ def test_a_rua_cut_at_its_length_limit_never_yields_a_shortened_address() -> Non
     found, refused = parse_rua(rua, limit=5)
     assert [d.address for d in found] == ["a@victim.example"]
     assert any(r.reason is Skip.TOO_MANY for r in refused)
+
+
+def test_a_non_ascii_org_name_is_encoded_and_reads_back(store: ReportStore) -> None:
+    store.write([domain_record("victim.example", "mailto:d@victim.example")])
+    submitter = Recorder()
+    send(store, sending_settings(org_name="Exämple Mäil"), zone(), submitter)
+    ((_to, message),) = submitter.sent
+    assert message["From"].addresses[0].display_name == "Exämple Mäil"
+    assert message["From"].addresses[0].addr_spec == FROM
+    assert "Exämple Mäil" in message.get_body(("plain",)).get_content()
+    (attachment,) = list(message.iter_attachments())
+    assert b"<org_name>Ex\xc3\xa4mple M\xc3\xa4il</org_name>" in gzip.decompress(
+        attachment.get_content())
