@@ -32,6 +32,7 @@ from typing import Protocol
 
 from publicsuffixlist import PublicSuffixList
 
+from ..addresses import normalise_domain
 from ..checks.dmarc import load_psl
 from ..config import Settings
 from ..dns import Resolver
@@ -91,7 +92,8 @@ def build_all(store: ReportStore, reporter: Reporter, period: Period,
     author domain is our own report domain are report mail (ours, come back): left out."""
     domains = [d for d, _n in store.policy_domains(period.first, period.last)]
     if only_domain is not None:
-        domains = [d for d in domains if d == only_domain.lower().rstrip(".")]
+        wanted = normalise_domain(only_domain.rstrip(".")) or only_domain.lower()  # U- or A-label
+        domains = [d for d in domains if d == wanted]
     for domain in domains:
         rows = [r for r in store.rows(domain, period.first, period.last)
                 if r.header_from != reporter.receiver]

@@ -159,3 +159,13 @@ def test_sending_today_is_allowed_with_a_warning(tmp_path: Path,
                      str(today)]) == 0
         assert len(sink.state.messages) == 1
     assert "is not over" in capsys.readouterr().err
+
+
+def test_domain_may_be_given_as_a_u_label(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    store = open_store(str(tmp_path / "reports.sqlite"))
+    store.write([domain_record("xn--bcher-kva.example", "mailto:d@xn--bcher-kva.example")])
+    store.close()
+    assert main(["reports", "show", "bücher.example", "--config", str(_config(tmp_path)),
+                 "--period", str(DAY)]) == 0
+    assert "<domain>xn--bcher-kva.example</domain>" in capsys.readouterr().out
