@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reports":
             from .reports.commands import run as run_reports
 
-            _setup_logging("warning")
             return run_reports(args, load_settings(args.config), _network_resolver,
                                _zone_resolver)
         if args.command == "print-defaults":

@@ -147,6 +147,36 @@ def _listen(value: Any) -> str:
     return text
 
 
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+
+def _report_address(value: Any) -> str:
+    text = _str(value).strip()
+    if not text:
+        return ""
+    local, at, domain = text.rpartition("@")
+    if not at or not _LOCAL_PART.match(local):
+        raise ValueError(f"{text!r} is not an address like dmarc-reports@example.com")
+    return f"{local}@{_domain(domain)}"
+
+
+def _suppressions(value: Any) -> frozenset[str]:
+    out = set()
+    for item in _string_list(value):
+        out.add(_report_address(item) if "@" in item else _domain(item.strip()))
+    return frozenset(out)
+
+
+def _host_port(value: Any) -> str:
+    text = _str(value).strip()
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not (port.isascii() and port.isdigit()) \
+            or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. \"127.0.0.1:25\"")
+    return text
+
+
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
@@ -192,36 +222,6 @@ def _domain_overrides(value: Any) -> tuple[tuple[str, str], ...]:
                              f"got {action!r}")
         out.append((_domain(domain), action))
     return tuple(sorted(out))
-
-
-_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-
-
-def _report_address(value: Any) -> str:
-    text = _str(value).strip()
-    if not text:
-        return ""
-    local, at, domain = text.rpartition("@")
-    if not at or not _LOCAL_PART.match(local):
-        raise ValueError(f"{text!r} is not an address like dmarc-reports@example.com")
-    return f"{local}@{_domain(domain)}"
-
-
-def _suppressions(value: Any) -> frozenset[str]:
-    out = set()
-    for item in _string_list(value):
-        out.add(_report_address(item) if "@" in item else _domain(item.strip()))
-    return frozenset(out)
-
-
-def _host_port(value: Any) -> str:
-    text = _str(value).strip()
-    host, colon, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not (port.isascii() and port.isdigit()) \
-            or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. \"127.0.0.1:25\"")
-    return text
 
 
 def _header_name(value: Any) -> str:
