@@ -87,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "check-config":
-            from .reports.commands import sending_summary
+            from .reports.commands import sending_status
 
             settings = load_settings(args.path)
             print(f"{args.path}: OK")
-            print(sending_summary(settings))
+            sending = sending_status(settings)
+            if sending is not None:
+                text, warning = sending
+                print(f"mailsec-milter: warning: {text}" if warning else text,
+                      file=sys.stderr if warning else sys.stdout)
             return 0
         if args.command == "reports":
             from .reports.commands import run as run_reports

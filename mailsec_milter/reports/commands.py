@@ -207,11 +207,15 @@ def _top(store: ReportStore, period: Period, by: str, limit: int, out: TextIO) -
     return 0
 
 
-def sending_summary(settings: Settings) -> str:
-    """``check-config``'s line about sending: on (and where to), or what is missing."""
+def sending_status(settings: Settings) -> tuple[str, bool] | None:
+    """``check-config``'s word on sending: (text, is_warning), or None when nothing needs
+    saying (neither key set: sending off, as by default). Half-configured sending is a
+    warning naming what is missing; configured sending says where reports go."""
     missing = missing_for_sending(settings)
+    if len(missing) == 2:
+        return None
     if missing:
-        return ("reports: recording " + ("on" if settings.reports_record else "off")
-                + "; sending off until set: " + "; ".join(missing))
-    return (f"reports: recording {'on' if settings.reports_record else 'off'}; sending as "
-            f"{settings.reports_from} via SMTP {settings.reports_submit}")
+        return ("DMARC report sending stays off until this is set too: " + "; ".join(missing),
+                True)
+    return (f"reports: sending DMARC reports as {settings.reports_from} via SMTP "
+            f"{settings.reports_submit}", False)

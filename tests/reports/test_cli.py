@@ -124,11 +124,19 @@ def test_a_store_that_is_not_a_database_is_a_clear_message(
 
 def test_check_config_explains_what_sending_needs(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # neither key: sending is off as by default, nothing to say (recording goes on)
     assert main(["check-config", str(_config(tmp_path, sending=False))]) == 0
-    out = capsys.readouterr().out
-    assert "sending off until set: [reports] org_name" in out and "[reports] from" in out
+    captured = capsys.readouterr()
+    assert captured.out == f"{tmp_path / 'c.toml'}: OK\n" and captured.err == ""
+    # half of it: a warning naming what is missing
+    half = _config(tmp_path, sending=False, extra='org_name = "Example"\n')
+    assert main(["check-config", str(half)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: DMARC report sending stays off" in err and "[reports] from" in err
+    assert "[reports] org_name" not in err
     assert main(["check-config", str(_config(tmp_path))]) == 0
-    assert "sending as dmarc@receiver.example via SMTP 127.0.0.1:25" in capsys.readouterr().out
+    assert ("sending DMARC reports as dmarc@receiver.example via SMTP 127.0.0.1:25"
+            in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize(("table", "message"), [
