@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.path}: OK")
             sending = sending_status(settings)
             if sending is not None:
-                text, warning = sending
-                print(f"mailsec-milter: warning: {text}" if warning else text,
-                      file=sys.stderr if warning else sys.stdout)
+                text, is_warning = sending
+                print(f"mailsec-milter: warning: {text}" if is_warning else text,
+                      file=sys.stderr if is_warning else sys.stdout)
             return 0
         if args.command == "reports":
             from .reports.commands import run as run_reports
