@@ -545,3 +545,26 @@ def test_a_non_ascii_org_name_is_encoded_and_reads_back(store: ReportStore) -> N
     (attachment,) = list(message.iter_attachments())
     assert b"<org_name>Ex\xc3\xa4mple M\xc3\xa4il</org_name>" in gzip.decompress(
         attachment.get_content())
+
+
+def test_the_check_through_the_real_resolver_allows_refuses_and_defers() -> None:
+    """CachingResolver (the one `reports send` uses, [dns] nameservers) against a loopback
+    DNS server: an answer allows, NXDOMAIN refuses, a server that never answers defers."""
+    from mailsec_milter.dns import CachingResolver, ResolverSettings
+    from tests.support.dnsserver import DnsTestServer
+
+    with DnsTestServer() as server:
+        server.add("victim.test._report._dmarc.ok.test", "TXT", "v=DMARC1")
+        server.exists("no.test")
+        server.drop("victim.test._report._dmarc.dead.test")
+        resolver = CachingResolver(ResolverSettings(nameservers=(server.nameserver,),
+                                                    timeout=0.5))
+        try:
+            verdicts = {name: check_destination("victim.test", Destination(f"r@{name}", name),
+                                                resolver, _psl(), 5).outcome
+                        for name in ("ok.test", "no.test", "dead.test")}
+        finally:
+            resolver.close()
+    assert verdicts == {"ok.test": Authorisation.AUTHORISED,
+                        "no.test": Authorisation.REFUSED,
+                        "dead.test": Authorisation.DNS_TROUBLE}
