@@ -6,6 +6,9 @@ counters: reports sent / failed / skipped by reason, destinations sent, the last
 time), written atomically; the daemon exposes it on /metrics through ``StatusCollector``.
 Must not: fail a run or a scrape because the file is missing, unreadable or corrupt (a missing
 file reads as zero counts; a corrupt one is replaced by the next run).
+
+Wiring (once, in the process that serves /metrics — not in every worker, or the counters are
+summed several times): ``registry.register(StatusCollector(status_path(settings.reports_store)))``.
 """
 
 from __future__ import annotations
