@@ -101,7 +101,6 @@ def add_run(path: Path, outcome: RunOutcome, now: float, succeeded: bool) -> Sta
     status.last_run = now
     if succeeded:
         status.last_success = now
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".reports-status.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
