@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``check``, ``check-config``, ``print-defaults``, ``version``.
+"""Command line: ``run``, ``check``, ``check-config``, ``print-defaults``, ``version``,
+``reports send|list|show|top`` (reports/commands.py).
 
 Owns: argument parsing and printing. Must not: contain logic the daemon does not share — ``check``
 runs a message through the very same engine, policy and renderer as the milter.
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                               "TOML.")
     defaults.add_argument("--markdown", action="store_true", help="as the docs' table")
 
+    from .reports.commands import add_parser as add_reports_parser
+
+    add_reports_parser(sub)
     sub.add_parser("version", help="print the version")
     sub.add_parser("manpage", help="print the mailsec-milter(8) manual page (roff)")
     return parser
@@ -106,11 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "check-config":
+            from .reports.commands import sending_status
+
             settings = load_settings(args.path)
             for warning in config_warnings(settings) + account_warnings(settings, args.path):
                 print(f"mailsec-milter: warning: {warning}", file=sys.stderr)
             print(f"{args.path}: OK")
+            sending = sending_status(settings)
+            if sending is not None:
+                text, is_warning = sending
+                print(f"mailsec-milter: warning: {text}" if is_warning else text,
+                      file=sys.stderr if is_warning else sys.stdout)
             return 0
+        if args.command == "reports":
+            from .reports.commands import run as run_reports
+
+            return run_reports(args, load_settings(args.config), _network_resolver,
+                               _zone_resolver)
         if args.command == "print-defaults":
             sys.stdout.write(render_defaults_markdown() if args.markdown
                              else render_defaults_toml())
@@ -243,6 +259,13 @@ def _check(args: argparse.Namespace) -> int:
 def _network_resolver(settings: Settings) -> CachingResolver:
     return CachingResolver(ResolverSettings(nameservers=settings.nameservers,
                                             timeout=settings.dns_timeout))
+
+
+def _zone_resolver(path: str) -> StaticResolver:
+    try:
+        return StaticResolver.from_zone_text(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--zone {path}: {exc}") from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -148,6 +148,36 @@ def _listen(value: Any) -> str:
     return text
 
 
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+
+
+def _report_address(value: Any) -> str:
+    text = _str(value).strip()
+    if not text:
+        return ""
+    local, at, domain = text.rpartition("@")
+    if not at or not _LOCAL_PART.match(local):
+        raise ValueError(f"{text!r} is not an address like dmarc-reports@example.com")
+    return f"{local}@{_domain(domain)}"
+
+
+def _suppressions(value: Any) -> frozenset[str]:
+    out = set()
+    for item in _string_list(value):
+        out.add(_report_address(item) if "@" in item else _domain(item.strip()))
+    return frozenset(out)
+
+
+def _host_port(value: Any) -> str:
+    text = _str(value).strip()
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not (port.isascii() and port.isdigit()) \
+            or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. \"127.0.0.1:25\"")
+    return text
+
+
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
@@ -387,6 +417,35 @@ KEYS: tuple[Key, ...] = (
         "dropped and counted, mail is never delayed.", "records"),
     Key("reports", "keep", "14d", _duration_range(86400, 366 * 86400),
         "How long recorded days stay in the store.", "duration"),
+    Key("reports", "org_name", "", _str,
+        "Our name in the reports we send (RFC 9990 report_metadata org_name); sending is off "
+        "until it and [reports] from are set.", "string"),
+    Key("reports", "from", "", _report_address,
+        "The address reports are sent from and replies go to (report_metadata email); its "
+        "domain is the Submitter and the file name's receiver. Reports are never sent to it "
+        "or its domain, and rows about mail from its domain are left out (no loops).",
+        "address"),
+    Key("reports", "contact_info", "", _str,
+        "Optional extra_contact_info in the reports (a URL or phone number).", "string"),
+    Key("reports", "submit", "127.0.0.1:25", _host_port,
+        "HOST:PORT of the MTA that takes our report mail by SMTP (the local one, so the "
+        "operator's own DKIM signing applies).", "host:port"),
+    Key("reports", "max_destinations", 5, _int_range(1, 20),
+        "At most this many mailto: destinations of one rua list get a report (RFC 9990 §3.5 "
+        "\"up to the Receiver's limits\").", "destinations"),
+    Key("reports", "max_per_destination", 1000, _int_range(1, 1_000_000),
+        "Reports one destination address receives per UTC day at most (from every host of "
+        "the store); the rest are skipped and counted.", "reports"),
+    Key("reports", "suppress", [], _suppressions,
+        "Destinations never sent to: addresses (\"dmarc@example.com\") or domains "
+        "(\"example.com\", also its subdomains).", "list"),
+    Key("reports", "only_aligned_pass_domains", False, _bool,
+        "Send a domain's report only if it had at least one DMARC-aligned pass in the period "
+        "(a domain that only ever failed is likely forged; its rua may be a victim's).",
+        "bool"),
+    Key("reports", "max_attempts", 3, _int_range(1, 20),
+        "Runs that try a report whose destination could not be checked or reached (DNS "
+        "trouble, MTA down) before it is dropped and counted as failed.", "runs"),
     Key("metrics", "listen", "127.0.0.1:9894", _listen,
         "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
         "off.", "address"),
@@ -510,6 +569,15 @@ class Settings:
     reports_store: str
     reports_queue_size: int
     reports_keep: float
+    reports_org_name: str
+    reports_from: str
+    reports_contact_info: str
+    reports_submit: str
+    reports_max_destinations: int
+    reports_max_per_destination: int
+    reports_suppress: frozenset[str]
+    reports_only_aligned_pass_domains: bool
+    reports_max_attempts: int
     metrics_listen: str
     log_level: str
     log_target: str

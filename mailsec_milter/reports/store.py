@@ -71,6 +71,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             detail TEXT NOT NULL,
             PRIMARY KEY (policy_domain, period_begin))""",
     ),
+    (  # 2: what each destination of a report got (no report twice to one address; daily caps)
+        """CREATE TABLE report_deliveries (
+            policy_domain TEXT NOT NULL,
+            period_begin TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            state TEXT NOT NULL,
+            day TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (policy_domain, period_begin, destination))""",
+        "CREATE INDEX report_deliveries_destination_day ON report_deliveries (destination, day)",
+    ),
 )
 
 _UPSERT = """INSERT INTO report_rows (day, tuple_key, policy_domain, header_from, source_ip,
@@ -102,7 +113,8 @@ class StoredRow:
 
 @dataclass(frozen=True)
 class Claim:
-    """A report period claimed by one host (``state``: claimed / sent / failed / skipped)."""
+    """A report period claimed by one host (``state``: claimed / sent / skipped / deferred —
+    to be tried again by a later run — / failed)."""
 
     policy_domain: str
     period_begin: date
@@ -235,6 +247,7 @@ class ReportStore:
         cutoff = ((today or datetime.now(UTC).date()) - timedelta(days=keep_days)).isoformat()
         removed = self._execute("DELETE FROM report_rows WHERE day < ?", (cutoff,))
         self._execute("DELETE FROM report_claims WHERE period_end < ?", (cutoff,))
+        self._execute("DELETE FROM report_deliveries WHERE period_begin < ?", (cutoff,))
         return removed
 
     # --- reading ---------------------------------------------------------------------------
@@ -319,8 +332,66 @@ class ReportStore:
             "SELECT policy_domain, period_begin, period_end, report_id, claimed_by, state, "
             "attempts, detail FROM report_claims WHERE period_begin >= ? "
             "ORDER BY period_begin, policy_domain", ((begin or date.min).isoformat(),))
-        return [Claim(str(r[0]), date.fromisoformat(str(r[1])), date.fromisoformat(str(r[2])),
-                      str(r[3]), str(r[4]), str(r[5]), int(r[6]), str(r[7])) for r in found]
+        return [_claim(r) for r in found]
+
+    def reclaim(self, policy_domain: str, begin: date, host: str, max_attempts: int) -> bool:
+        """Take over a ``deferred`` claim for another attempt; False if another host (or an
+        earlier run) did, or its attempts are used up. One UPDATE: the row lock decides."""
+        taken = self._execute(
+            "UPDATE report_claims SET state = 'claimed', claimed_by = ?, claimed_at = ? "
+            "WHERE policy_domain = ? AND period_begin = ? AND state = 'deferred' "
+            "AND attempts < ?",
+            (host, datetime.now(UTC).isoformat(timespec="seconds"), policy_domain,
+             begin.isoformat(), max_attempts))
+        return taken == 1
+
+    def claim_of(self, policy_domain: str, begin: date) -> Claim | None:
+        found = self._query(
+            "SELECT policy_domain, period_begin, period_end, report_id, claimed_by, state, "
+            "attempts, detail FROM report_claims WHERE policy_domain = ? AND period_begin = ?",
+            (policy_domain, begin.isoformat()))
+        return _claim(found[0]) if found else None
+
+    # --- deliveries: one row per report and destination ------------------------------------
+
+    def record_delivery(self, policy_domain: str, begin: date, destination: str, state: str,
+                        day: date, detail: str = "") -> None:
+        """Remember what ``destination`` got for this report (``sent``, ``failed``, ...)."""
+        self._execute(
+            "INSERT INTO report_deliveries (policy_domain, period_begin, destination, state, "
+            "day, detail) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (policy_domain, period_begin, "
+            "destination) DO UPDATE SET state = excluded.state, day = excluded.day, "
+            "detail = excluded.detail",
+            (policy_domain, begin.isoformat(), destination, state, day.isoformat(),
+             detail[:500]))
+
+    def deliveries(self, policy_domain: str, begin: date) -> dict[str, str]:
+        """destination → state for one report."""
+        found = self._query(
+            "SELECT destination, state FROM report_deliveries WHERE policy_domain = ? AND "
+            "period_begin = ?", (policy_domain, begin.isoformat()))
+        return {str(d): str(s) for d, s in found}
+
+    def sent_on(self, destination: str, day: date) -> int:
+        """Reports sent to ``destination`` on ``day`` (by every host): the daily cap's count."""
+        found = self._query(
+            "SELECT COUNT(*) FROM report_deliveries WHERE destination = ? AND day = ? AND "
+            "state = 'sent'", (destination, day.isoformat()))
+        return int(found[0][0] or 0)
+
+    def top(self, begin: date, end: date, by: str, limit: int
+            ) -> list[tuple[str, int, dict[str, int]]]:
+        """(author domain or source IP, messages, {disposition: messages}) of the period,
+        most messages first (``reports top``)."""
+        column = {"domain": "header_from", "source": "source_ip"}[by]
+        found = self._query(
+            f"SELECT {column}, disposition, SUM(messages) FROM report_rows WHERE day >= ? AND "
+            f"day <= ? GROUP BY {column}, disposition", (begin.isoformat(), end.isoformat()))
+        totals: dict[str, dict[str, int]] = {}
+        for key, disposition, messages in found:
+            totals.setdefault(str(key), {})[str(disposition)] = int(messages)
+        ranked = sorted(totals.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+        return [(key, sum(split.values()), split) for key, split in ranked[:limit]]
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -384,6 +455,11 @@ def _row_params(day: str, key: str, record: ReportRecord, count: int) -> tuple[A
             json.dumps([list(r) for r in record.reasons]),
             json.dumps([list(d) for d in record.dkim]),
             json.dumps(list(record.spf) if record.spf else None), count)
+
+
+def _claim(r: tuple[Any, ...]) -> Claim:
+    return Claim(str(r[0]), date.fromisoformat(str(r[1])), date.fromisoformat(str(r[2])),
+                 str(r[3]), str(r[4]), str(r[5]), int(r[6]), str(r[7]))
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRow:
