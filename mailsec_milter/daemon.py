@@ -44,6 +44,7 @@ from .config import (
 )
 from .logsetup import log_fds
 from .metrics import SupervisorMetrics, WorkerTotals
+from .reports.status import StatusCollector, status_path
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
 # this code without reading it again (the service user may not be able to).
@@ -305,6 +306,10 @@ class Supervisor:
         self.totals = WorkerTotals()
         self.restarts = 0
         self.own_metrics = SupervisorMetrics()
+        # `reports send` runs in its own process (the timer): its counters come from the
+        # status file it writes, read at each scrape, once here — not per worker.
+        self.report_status = StatusCollector(status_path(settings.reports_store))
+        self.own_metrics.registry.register(self.report_status)
         self.stopping = False
         self.listener: socket.socket | None = None
         self.metrics_server: http.server.HTTPServer | None = None
@@ -531,6 +536,7 @@ class Supervisor:
             for worker in failed:
                 worker.process.send_signal(signal.SIGTERM)
         self.settings = replace(settings, **{k: getattr(self.settings, k) for k in RESTART_KEYS})
+        self.report_status.path = status_path(self.settings.reports_store)
         self.config_text = text
         if problems:
             log.warning("reloaded, but %s only change on restart",

@@ -253,6 +253,12 @@ def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
             name = family.name + ("_total" if kind == "counter" else "")
             labels = tuple(getattr(collector, "_labelnames", ()))
             docs.append(MetricDoc(name, kind, labels, family.documentation))
+    # The report sender's counters (a separate process; the supervisor reads its status file)
+    from .reports.status import Status, metric_families
+    for family in metric_families(Status(skipped={"example": 0})):
+        labels = tuple(sorted({k for sample in family.samples for k in sample.labels}))
+        name = family.name + ("_total" if family.type == "counter" else "")
+        docs.append(MetricDoc(name, family.type, labels, family.documentation))
     return docs
 
 
