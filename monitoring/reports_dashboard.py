@@ -15,8 +15,9 @@ are whole messages per day or per range: a small site's numbers stay readable.
 
 Every panel uses the data source uid ``mailsec-reports`` (provisioned by
 monitoring/grafana/provisioning/reports-datasource.yml and docker/grafana/) and the ``domain``
-variable (author domains, multi-value, ``IN ($domain)``). tests/monitoring/test_reports_dashboard.py
-runs every query, Grafana's macros substituted as Grafana does, against a real PostgreSQL.
+variable (author domains, multi-value, ``= ANY (ARRAY[$domain]::text[])``).
+tests/monitoring/test_reports_dashboard.py runs every query, Grafana's macros substituted as
+Grafana does, against a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ MESSAGES = "short"
 # The selected time range as whole UTC days (day is TEXT 'YYYY-MM-DD', a UTC date).
 DAYS = ("day::date BETWEEN ($__timeFrom()::timestamptz AT TIME ZONE 'UTC')::date "
         "AND ($__timeTo()::timestamptz AT TIME ZONE 'UTC')::date")
-DOMAINS = "header_from IN ($domain)"
+# $domain is a multi-value variable: Grafana writes its values quoted and comma-separated. An
+# array, not IN ($domain): with no values yet (an empty store) ARRAY[]::text[] matches nothing,
+# where IN () would be a syntax error on every panel.
+DOMAINS = "header_from = ANY (ARRAY[$domain]::text[])"
 WHERE = f"WHERE {DAYS}\n  AND {DOMAINS}"
 # The sender's network: IPv4 /24, IPv6 /56 (one site's allocation), as text '192.0.2.0/24'.
 NETWORK = ("network(set_masklen(inet(source_ip), "

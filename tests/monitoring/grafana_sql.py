@@ -5,8 +5,8 @@ Two steps, in Grafana's order:
 
 1. Template variables (the frontend's ``templateSrv.replace`` with the SQL data sources'
    ``interpolateVariable``): a multi-value or include-All variable becomes its values, each in
-   single quotes with ``'`` doubled, joined by ``,`` — so ``header_from IN ($domain)`` reads
-   ``header_from IN ('a.test','b.test')``; "All" without a custom all value is every option of
+   single quotes with ``'`` doubled, joined by ``,`` — so ``ARRAY[$domain]`` reads
+   ``ARRAY['a.test','b.test']``; "All" without a custom all value is every option of
    the variable. ``$name`` and ``${name}`` are both replaced.
 2. Macros (the backend, pkg/tsdb/grafana-postgresql-datasource/macros.go), matched by
    ``\\$(\\w+)\\(([^)]*)\\)``: ``$__timeFrom()`` and ``$__timeTo()`` are the range's ends
