@@ -59,11 +59,19 @@ NETWORK = ("network(set_masklen(inet(source_ip), "
            "CASE WHEN family(inet(source_ip)) = 4 THEN 24 ELSE 56 END))::text")
 DAY_TIME = "(day::date)::timestamp AT TIME ZONE 'UTC'"  # midnight UTC of the day
 REFUSED = "disposition IN ('reject', 'quarantine')"
-FORGED = "dmarc_dkim = 'fail' AND dmarc_spf = 'fail'"  # DMARC fail: neither aligned
+DKIM_UNALIGNED = "dmarc_dkim = 'fail'"
+SPF_UNALIGNED = "dmarc_spf = 'fail'"
+FORGED = f"{DKIM_UNALIGNED} AND {SPF_UNALIGNED}"  # DMARC fail: neither aligned
+
+
+def messages_where(condition: str) -> str:
+    """Messages of the group that meet ``condition``; 0, not NULL (an empty cell reads as
+    "unknown", 0 as "none")."""
+    return f"COALESCE(SUM(messages) FILTER (WHERE {condition}), 0)"
 
 
 def count_of(disposition: str) -> str:
-    return f"SUM(messages) FILTER (WHERE disposition = '{disposition}')"
+    return messages_where(f"disposition = '{disposition}'")
 
 
 @dataclass
@@ -184,19 +192,17 @@ BY_DOMAIN_SQL = (
     f"  {count_of('quarantine')} AS quarantine, {count_of('pass')} AS pass,\n"
     f"  {count_of('none')} AS \"none\", SUM(messages) AS total\n"
     f"FROM report_rows\n{WHERE}\nGROUP BY header_from\n"
-    f"ORDER BY COALESCE({count_of('reject')}, 0) + COALESCE({count_of('quarantine')}, 0) DESC,\n"
-    f"  total DESC, header_from\nLIMIT {TOP_N}")
+    f"ORDER BY {messages_where(REFUSED)} DESC, total DESC, header_from\nLIMIT {TOP_N}")
 BY_NETWORK_SQL = (
     f"SELECT {NETWORK} AS network, {count_of('reject')} AS reject,\n"
     f"  {count_of('quarantine')} AS quarantine, {count_of('pass')} AS pass,\n"
     f"  {count_of('none')} AS \"none\", SUM(messages) AS total,\n"
     f"  COUNT(DISTINCT header_from) AS domains\n"
     f"FROM report_rows\n{WHERE}\nGROUP BY 1\n"
-    f"ORDER BY COALESCE({count_of('reject')}, 0) + COALESCE({count_of('quarantine')}, 0) DESC,\n"
-    f"  total DESC, network\nLIMIT {TOP_N}")
+    f"ORDER BY {messages_where(REFUSED)} DESC, total DESC, network\nLIMIT {TOP_N}")
 FORGED_DOMAINS_SQL = (
     f"SELECT header_from AS \"author domain\",\n"
-    f"  SUM(messages) FILTER (WHERE {FORGED}) AS forged,\n"
+    f"  {messages_where(FORGED)} AS forged,\n"
     f"  COUNT(DISTINCT {NETWORK}) FILTER (WHERE {FORGED}) AS networks,\n"
     f"  SUM(messages) AS total\n"
     f"FROM report_rows\n{WHERE}\nGROUP BY header_from\n"
@@ -205,13 +211,13 @@ FORGED_DOMAINS_SQL = (
 MISALIGNED_SENDERS_SQL = (
     f"SELECT {NETWORK} AS network, header_from AS \"author domain\",\n"
     f"  string_agg(DISTINCT envelope_from, ' ') AS \"envelope from\",\n"
-    f"  SUM(messages) FILTER (WHERE {FORGED}) AS \"dmarc fail\",\n"
-    f"  SUM(messages) FILTER (WHERE dmarc_dkim = 'fail') AS \"dkim unaligned\",\n"
-    f"  SUM(messages) FILTER (WHERE dmarc_spf = 'fail') AS \"spf unaligned\",\n"
-    f"  SUM(messages) FILTER (WHERE {REFUSED}) AS refused\n"
-    f"FROM report_rows\n{WHERE}\n  AND (dmarc_dkim = 'fail' OR dmarc_spf = 'fail')\n"
+    f"  {messages_where(FORGED)} AS \"dmarc fail\",\n"
+    f"  {messages_where(DKIM_UNALIGNED)} AS \"dkim unaligned\",\n"
+    f"  {messages_where(SPF_UNALIGNED)} AS \"spf unaligned\",\n"
+    f"  {messages_where(REFUSED)} AS refused\n"
+    f"FROM report_rows\n{WHERE}\n  AND ({DKIM_UNALIGNED} OR {SPF_UNALIGNED})\n"
     f"GROUP BY 1, 2\n"
-    f"ORDER BY \"dmarc fail\" DESC NULLS LAST, SUM(messages) DESC, network, "
+    f"ORDER BY \"dmarc fail\" DESC, SUM(messages) DESC, network, "
     f"\"author domain\"\nLIMIT {TOP_N}")
 DOMAIN_VARIABLE_SQL = (f"SELECT DISTINCT header_from FROM report_rows\nWHERE {DAYS}\n"
                        f"ORDER BY 1")
