@@ -7,7 +7,10 @@
   mapped onto the checkout) with the image's own milter configuration, together with the
   image's HEALTHCHECK command;
 * the Postfix, Prometheus and Grafana files are checked by their own tools (postconf,
-  promtool) laid out as compose mounts them.
+  promtool) laid out as compose mounts them; the report store's PostgreSQL service, its init
+  SQL, the milter's ``[reports] store`` and Grafana's reports data source name the same
+  database, roles and passwords (tests/monitoring/test_reports_dashboard.py runs that SQL and
+  the dashboard's queries on a real PostgreSQL).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -145,15 +149,17 @@ def test_the_schema_check_would_catch_a_mistake(tmp_path: Path) -> None:
 # the files fit together
 
 
-def test_compose_brings_up_the_four_services_from_existing_files() -> None:
+def test_compose_brings_up_the_five_services_from_existing_files() -> None:
     data = compose()
     services = data["services"]
-    assert set(services) == {"mailsec-milter", "postfix", "prometheus", "grafana"}
+    assert set(services) == {"mailsec-milter", "postfix", "postgres", "prometheus", "grafana"}
     for name, service in services.items():
         build = service.get("build")
         if build:
             context = (DOCKER_DIR / build["context"]).resolve()
             assert (context / build["dockerfile"]).is_file(), name
+        elif name == "postgres":  # PostgreSQL releases are MAJOR.MINOR (17.2)
+            assert re.fullmatch(r"postgres:\d+\.\d+", service["image"]), service["image"]
         else:  # a published image, pinned to a version
             image = service["image"]
             assert re.search(r":v?\d+\.\d+\.\d+$", image), image
@@ -304,19 +310,62 @@ def test_prometheus_config_loads_the_rules_as_mounted(tmp_path: Path) -> None:
     assert "--config.file=/etc/prometheus/prometheus.yml" in command
 
 
-def test_grafana_provisions_the_dashboard_from_where_compose_mounts_it(tmp_path: Path) -> None:
+def test_grafana_provisions_the_dashboards_from_where_compose_mounts_them(
+        tmp_path: Path) -> None:
     root = mounted("grafana", tmp_path)
     providers = yaml.safe_load(
         (root / "etc/grafana/provisioning/dashboards/mailsec-milter.yml").read_text())
     folder = Path(providers["providers"][0]["options"]["path"])
-    dashboards = list((root / folder.relative_to("/")).glob("*.json"))
-    assert [d.name for d in dashboards] == ["mailsec-milter.json"]
-    json.loads(dashboards[0].read_text())  # valid JSON
-    ours = yaml.safe_load((root / "etc/grafana/provisioning/datasources/prometheus.yml")
-                          .read_text())["datasources"][0]
+    dashboards = sorted((root / folder.relative_to("/")).glob("*.json"))
+    assert [d.name for d in dashboards] == ["mailsec-milter.json", "mailsec-reports.json"]
+    uids = {json.loads(d.read_text())["uid"] for d in dashboards}  # valid JSON, distinct uids
+    assert len(uids) == 2
+    sources = root / "etc/grafana/provisioning/datasources"
+    ours = yaml.safe_load((sources / "prometheus.yml").read_text())["datasources"][0]
     theirs = yaml.safe_load((MONITORING / "grafana/provisioning/datasource.yml").read_text())
     reference = theirs["datasources"][0]
     assert (ours["name"], ours["uid"], ours["type"]) == (
         reference["name"], reference["uid"], reference["type"])
     assert ours["url"] == "http://prometheus:9090"
     assert "prometheus" in compose()["services"]
+    # The reports dashboard's data source: the example's name, type and uid (which every panel
+    # of mailsec-reports.json names), pointing at the compose postgres service.
+    reports = yaml.safe_load((sources / "mailsec-reports.yml").read_text())["datasources"][0]
+    example = yaml.safe_load((MONITORING / "grafana/provisioning/reports-datasource.yml")
+                             .read_text())["datasources"][0]
+    assert (reports["name"], reports["uid"], reports["type"]) == (
+        example["name"], example["uid"], example["type"])
+    board = json.loads((root / folder.relative_to("/") / "mailsec-reports.json").read_text())
+    used = {json.dumps(p["datasource"], sort_keys=True) for p in board["panels"]
+            if p["type"] != "row"}
+    assert used == {json.dumps({"type": reports["type"], "uid": reports["uid"]},
+                               sort_keys=True)}
+    assert reports["url"] == "postgres:5432" and "postgres" in compose()["services"]
+    assert set(compose()["services"]["grafana"]["depends_on"]) == {"prometheus", "postgres"}
+
+
+def test_the_report_store_service_fits_the_milter_and_grafana(tmp_path: Path) -> None:
+    """One database, two roles: the milter writes as the role init-reports.sql makes the
+    owner, Grafana reads as the one it grants SELECT; names and passwords agree everywhere."""
+    service = compose()["services"]["postgres"]
+    root = mounted("postgres", tmp_path)
+    init_sql = (root / "docker-entrypoint-initdb.d/init-reports.sql").read_text()
+    roles = dict(re.findall(r"CREATE ROLE (\w+) LOGIN PASSWORD '([^']+)'", init_sql))
+    database = service["environment"]["POSTGRES_DB"]
+    assert service["environment"]["POSTGRES_PASSWORD"]  # the image refuses to start without
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in service["volumes"])
+    assert "ports" not in service  # the compose network only
+    assert service["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    store = urlsplit(container_config()["reports"]["store"])
+    assert (store.scheme, store.hostname, store.port, store.path) == (
+        "postgresql", "postgres", 5432, f"/{database}")
+    assert store.username == "reports_writer" and roles[store.username] == store.password
+    assert "ALTER DATABASE %I OWNER TO reports_writer" in init_sql
+    reader = yaml.safe_load((DOCKER_DIR / "grafana/reports-datasource.yml").read_text())
+    source = reader["datasources"][0]
+    assert source["user"] == "grafana_reader"
+    assert roles[source["user"]] == source["secureJsonData"]["password"]
+    assert source["jsonData"]["database"] == database
+    assert "GRANT SELECT ON TABLES TO grafana_reader" in init_sql
+    milter = compose()["services"]["mailsec-milter"]
+    assert milter["depends_on"] == {"postgres": {"condition": "service_healthy"}}
