@@ -45,6 +45,7 @@ from checkdmarc.utils import get_base_domain  # type: ignore[import-untyped]
 
 from .addresses import normalise_domain
 from .dns import parse_nameserver
+from .posture import default_result_path as default_result_path  # --write-metrics' default
 
 LADDER = ("none", "quarantine", "reject")
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 §4.6.4
@@ -474,11 +475,6 @@ def run_audit(domains: Iterable[str], options: AuditOptions, workers: int = 8,
 
 
 # --- the result file the daemon's /metrics reads ---------------------------------------------
-
-def default_result_path() -> str:
-    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "/var/lib/mailsec-milter"
-    return str(Path(state) / "audit.json")
-
 
 def write_result_file(path: str, run: AuditRun, now: float | None = None) -> None:
     """Atomically replace ``path`` with the posture summary posture.py turns into gauges. A run

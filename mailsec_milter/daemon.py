@@ -44,6 +44,7 @@ from .config import (
 )
 from .logsetup import log_fds
 from .metrics import SupervisorMetrics, WorkerTotals
+from .posture import PostureCollector, default_result_path
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
 # this code without reading it again (the service user may not be able to).
@@ -305,6 +306,11 @@ class Supervisor:
         self.totals = WorkerTotals()
         self.restarts = 0
         self.own_metrics = SupervisorMetrics()
+        # [audit] posture gauges (issue 16): read the daily audit's result file at each scrape;
+        # posture.py never imports checkdmarc
+        self.own_metrics.registry.register(PostureCollector(
+            lambda: self.settings.audit_domains,
+            lambda: self.settings.audit_result_file or default_result_path()))
         self.stopping = False
         self.listener: socket.socket | None = None
         self.metrics_server: http.server.HTTPServer | None = None

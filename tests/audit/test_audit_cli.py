@@ -162,7 +162,7 @@ def test_a_failed_run_keeps_the_last_success_time(tmp_path: Path) -> None:
 
 def test_the_daemon_never_imports_checkdmarc() -> None:
     code = ("import sys, mailsec_milter.daemon, mailsec_milter.worker, mailsec_milter.milter, "
-            "mailsec_milter.cli; "
+            "mailsec_milter.posture, mailsec_milter.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'checkdmarc'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
