@@ -442,6 +442,11 @@ INNER: dict[str, list[str]] = {
     "MailsecNoTraffic": ["sum by (job, instance) (increase(mailsec_connections_total[30m]))"],
     "MailsecMessagesQuarantined": ['sum by (job, instance) '
                                    '(increase(mailsec_messages_total{verdict="quarantine"}[1h]))'],
+    # No [audit] domains in this scene: the posture alerts must stay quiet (the per-domain
+    # gauges have no series; promtool's tests in tests.yml make them fire).
+    "MailsecOwnDomainBelowBaseline": ["mailsec_posture_domains_configured"],
+    "MailsecPostureAuditFailing": ["mailsec_posture_domains_configured"],
+    "MailsecPostureAuditStale": ["mailsec_posture_domains_configured"],
 }
 
 
