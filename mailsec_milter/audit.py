@@ -336,9 +336,12 @@ def _mx_findings(result: DomainAudit, mx: dict[str, Any], probed: bool) -> None:
     if probed:
         bad = [str(h.get("hostname")) for h in hosts if not h.get("starttls")]
         result.mx["starttls_failed"] = bad
+        warnings = [str(w) for w in mx.get("warnings") or []]
         for host in bad:
+            why = [w.partition(": ")[2] for w in warnings if w.startswith(f"{host}: ")]
             result.findings.append(Finding(
-                "starttls", "fail", f"{host} does not offer working STARTTLS on port 25",
+                "starttls", "fail", f"{host} does not offer working STARTTLS on port 25"
+                + (f" ({_short('; '.join(why))})" if why else ""),
                 "enable STARTTLS with a certificate for the MX name"))
 
 
@@ -510,13 +513,15 @@ def write_result_file(path: str, run: AuditRun, now: float | None = None) -> Non
 
 
 def stderr_progress(every: int = 25) -> Callable[[int, int], None]:
-    """Progress on stderr: every ``every`` domains and at the end, once per count."""
-    shown = {-1}
+    """Progress on stderr for more than one domain: each time the count passes a multiple of
+    ``every`` (several domains may finish between two calls), and at the end."""
+    last = [0]
 
     def show(done: int, total: int) -> None:
-        if done in shown or done == 0 or (done % every and done != total) or total < 2:
+        if total < 2 or done == last[0] or (done // every == last[0] // every
+                                            and done != total):
             return
-        shown.add(done)
+        last[0] = done
         print(f"mailsec-milter audit: {done}/{total} domains", file=sys.stderr, flush=True)
 
     return show

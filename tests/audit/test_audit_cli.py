@@ -4,6 +4,8 @@ bound, and the daemon never importing checkdmarc."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -97,8 +99,10 @@ def test_a_thousand_domains_are_bounded_with_progress(
     assert all(d["errors"] == [f"{d['domain']} does not exist (NXDOMAIN)"]
                for d in document["domains"])
     progress = [line for line in captured.err.splitlines() if "domains" in line]
-    assert progress[0] == "mailsec-milter audit: 25/1000 domains"
-    assert progress[-1] == "mailsec-milter audit: 1000/1000 domains"
+    counts = [int(line.split()[-2].split("/")[0]) for line in progress]
+    # one line per 25 domains passed (domains finish several at a time), and the end
+    assert [c // 25 for c in counts] == list(range(1, 41))
+    assert counts == sorted(counts) and counts[-1] == 1000
     assert "Traceback" not in captured.err
 
 
@@ -167,3 +171,23 @@ def test_the_daemon_never_imports_checkdmarc() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_top_with_a_store_that_cannot_be_opened_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[reports]\nstore = "{tmp_path / "missing" / "reports.sqlite"}"\n')
+    assert main(["audit", "--top", "3", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mailsec-milter: --top: ") and len(err.strip().splitlines()) == 1
+    assert "missing" in err and "Traceback" not in err
+
+
+def test_progress_shows_each_passed_step_once() -> None:
+    show = audit.stderr_progress(every=10)
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        for done in (0, 3, 9, 14, 14, 35, 41, 41):
+            show(done, 41)
+    lines = buffer.getvalue().splitlines()
+    assert lines == [f"mailsec-milter audit: {n}/41 domains" for n in (14, 35, 41)]

@@ -108,3 +108,14 @@ def test_own_writes_the_result_file_for_metrics(tmp_path: Path) -> None:
         "meets_baseline": True, "errors": 0}
     assert document["domains"]["weak.test"]["dmarc_policy"] == 0
     assert document["domains"]["weak.test"]["meets_baseline"] is False
+
+
+def test_check_mx_tls_probes_port_25_only_when_asked(tmp_path: Path) -> None:
+    # nothing listens on 127.0.0.1:25 in the namespace: the probe's refusal is a finding
+    probed = by_domain(audit(tmp_path, "--json", "--check-mx-tls", "good.test"))["good.test"]
+    assert probed["mx"]["starttls_failed"] == ["mx1.good.test"]
+    assert any(f["area"] == "starttls" and "Connection refused" in f["text"]
+               for f in probed["findings"])
+    plain = by_domain(audit(tmp_path, "--json", "good.test"))["good.test"]
+    assert "starttls_failed" not in plain["mx"]
+    assert not any(f["area"] == "starttls" for f in plain["findings"])
