@@ -148,12 +148,17 @@ def _is_dns_failure(message: str) -> bool:
 
 
 def audit_domain(domain: str, options: AuditOptions) -> DomainAudit:
-    """Run checkdmarc's checks on one (already validated) domain and derive the findings."""
+    """Run checkdmarc's checks on one (already validated) domain and derive the findings.
+
+    Its per-record functions, not ``check_domains``: that one also queries SOA, NS and BIMI
+    (more DNS, and an HTTPS fetch of the BIMI image), silently drops names without a dot, and
+    returns a dict for one domain but a list for several."""
     started = time.monotonic()
     result = DomainAudit(domain)
     checks = _Checks(options)
     kw = checks.kwargs()
     dmarc = check_dmarc(domain, **kw)
+    # checkdmarc reports NXDOMAIN only as this text (an error result, not an exception)
     if dmarc.get("error") == _NXDOMAIN:
         result.errors.append(f"{domain} does not exist (NXDOMAIN)")
         result.seconds = time.monotonic() - started
@@ -282,6 +287,8 @@ def _spf_findings(result: DomainAudit, spf: dict[str, Any]) -> None:
     parsed = spf.get("parsed") or {}
     error = spf.get("error")
     lookups = spf.get("dns_lookups")
+    # checkdmarc gives dns_lookups None when the limit is exceeded; the count is only in the
+    # error text ("requires 11/10 maximum DNS lookups"): read it from there
     if lookups is None and error and "lookups" in str(error).lower():
         found = re.search(r"\((\d+)/", str(error)) or re.search(r"(\d+)", str(error))
         lookups = int(found.group(1)) if found else None
