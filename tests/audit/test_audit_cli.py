@@ -191,3 +191,32 @@ def test_progress_shows_each_passed_step_once() -> None:
             show(done, 41)
     lines = buffer.getvalue().splitlines()
     assert lines == [f"mailsec-milter audit: {n}/41 domains" for n in (14, 35, 41)]
+
+
+def test_dmarc_tags_on_the_ladder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with DnsTestServer() as server:
+        server.add("tags.test", "TXT", "v=spf1 -all")
+        server.add("_dmarc.tags.test", "TXT",
+                   "v=DMARC1; p=reject; sp=none; t=y; pct=50; rf=afrf; ri=3600; "
+                   "rua=mailto:d@tags.test")
+        server.add("org.test", "TXT", "v=spf1 -all")
+        server.add("_dmarc.org.test", "TXT",
+                   "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@org.test")
+        server.add("sub.org.test", "TXT", "v=spf1 -all")
+        status = main(["audit", "--json", "--config", config(tmp_path, server), "tags.test",
+                       "sub.org.test"])
+    domains = {d["domain"]: d for d in json.loads(capsys.readouterr().out)["domains"]}
+    tags = domains["tags.test"]
+    # t=y: receivers apply one step less than p=reject
+    assert tags["dmarc"]["policy"] == "reject" and tags["dmarc"]["t"] == "y"
+    assert tags["dmarc"]["effective_policy"] == "quarantine"
+    assert tags["dmarc"]["removed_tags"] == ["pct", "rf", "ri"]
+    texts = [f["text"] for f in tags["findings"]]
+    assert any(t.startswith("t=y (testing)") for t in texts)
+    assert any(t.startswith("sp=none is weaker than p=reject") for t in texts)
+    assert sum("was removed from DMARC (RFC 9989)" in t for t in texts) == 3
+    # a subdomain without its own record: the organisational domain's sp= governs it
+    sub = domains["sub.org.test"]
+    assert sub["dmarc"]["record_domain"] == "org.test"
+    assert sub["dmarc"]["effective_policy"] == "quarantine"
+    assert sub["meets_baseline"] is False and status == 1
