@@ -1,5 +1,5 @@
-"""Command line: ``run``, ``check``, ``check-config``, ``print-defaults``, ``version``,
-``reports send|list|show|top`` (reports/commands.py).
+"""Command line: ``run``, ``check``, ``audit``, ``check-config``, ``print-defaults``,
+``version``, ``reports send|list|show|top`` (reports/commands.py).
 
 Owns: argument parsing and printing. Must not: contain logic the daemon does not share — ``check``
 runs a message through the very same engine, policy and renderer as the milter.
@@ -84,6 +84,29 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.add_argument("message", help="the message file (.eml)")
 
+    audit = sub.add_parser(
+        "audit", help="audit domains' DMARC, SPF, MTA-STS, TLS-RPT, DNSSEC and DANE posture",
+        description="Audit where domains stand: the DMARC ladder (none, quarantine, reject), "
+        "SPF, MX, MTA-STS, TLS-RPT, DNSSEC and DANE, each finding with its fix (checkdmarc; "
+        "install mailsec-milter[audit]). DNS goes to [dns] nameservers; the MTA-STS policy "
+        "fetch (HTTPS) and --check-mx-tls resolve names through the system resolver. Exit "
+        "status: " + AUDIT_EXIT_HELP + ".")
+    audit.add_argument("domains", nargs="*", metavar="DOMAIN")
+    audit.add_argument("--own", action="store_true", help="also audit [audit] domains")
+    audit.add_argument("--top", type=int, metavar="N",
+                       help="also audit the N policy domains that sent the most mail in the "
+                            "last reporting period (the report store), with their share")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.add_argument("--baseline", choices=("none", "quarantine", "reject"),
+                       help="the DMARC policy each domain must reach (default [audit] "
+                            "baseline: reject)")
+    audit.add_argument("--check-mx-tls", action="store_true",
+                       help="probe STARTTLS on port 25 of every MX host (connects to them)")
+    audit.add_argument("--write-metrics", metavar="FILE", nargs="?", const="",
+                       help="write the result file /metrics reads (default [audit] "
+                            "result_file); with --own only")
+    audit.add_argument("--config")
+
     check_config = sub.add_parser("check-config", help="validate a configuration file",
                                   description="Validate a configuration file; exit 0 if it is "
                                   "valid, 2 with a message naming the key otherwise.")
@@ -109,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "check-config":
             from .reports.commands import sending_status
 
@@ -254,6 +279,66 @@ def _check(args: argparse.Namespace) -> int:
               + (f" [dry run: would {verdict.dry_run_action.value}]"
                  if verdict.dry_run_action else ""))
     return CHECK_EXIT[verdict.action]
+
+
+AUDIT_EXIT_HELP = ("0 every domain meets the baseline, 1 one falls short, 2 an error (a name "
+                   "that is not a domain, one that does not exist, DNS failing, a domain "
+                   "over [audit] domain_timeout) or a usage error")
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """The ``audit`` command: checkdmarc is imported here only, never by the daemon."""
+    settings = load_settings(args.config)
+    try:
+        from . import audit as posture_audit  # checkdmarc: the [audit] extra
+        from .audit_report import render_json, render_text, top_senders
+    except ImportError as exc:
+        print(f"mailsec-milter: audit needs the audit extra (pip install "
+              f"'mailsec-milter[audit]'): {exc}", file=sys.stderr)
+        return 2
+    setup_logging("error")
+    domains = list(args.domains)
+    if args.own:
+        if not settings.audit_domains:
+            print("mailsec-milter: --own: [audit] domains is empty", file=sys.stderr)
+            return 2
+        domains += settings.audit_domains
+    top = None
+    if args.top is not None:
+        if args.top < 1:
+            print("mailsec-milter: --top N needs N >= 1", file=sys.stderr)
+            return 2
+        try:
+            top = top_senders(settings.reports_store, args.top)
+        except Exception as exc:  # StoreError, a missing PostgreSQL driver: one line
+            print(f"mailsec-milter: --top: {exc}", file=sys.stderr)
+            return 2
+        domains += [s.domain for s in top.senders]
+    if args.write_metrics is not None and not args.own:
+        print("mailsec-milter: --write-metrics needs --own (the gauges are labelled with "
+              "[audit] domains only)", file=sys.stderr)
+        return 2
+    if not domains:
+        print("mailsec-milter: audit: name a DOMAIN, --own or --top N", file=sys.stderr)
+        return 2
+    options = posture_audit.AuditOptions(
+        nameservers=settings.nameservers, dns_timeout=settings.dns_timeout,
+        domain_timeout=settings.audit_domain_timeout,
+        baseline=args.baseline or settings.audit_baseline, check_mx_tls=args.check_mx_tls)
+    run = posture_audit.run_audit(domains, options, progress=posture_audit.stderr_progress())
+    sys.stdout.write(render_json(run, top) if args.json else render_text(run, top))
+    if args.write_metrics is not None:
+        own = set(settings.audit_domains)
+        own_run = posture_audit.AuditRun([r for r in run.results if r.domain in own],
+                                         run.baseline)
+        path = (args.write_metrics or settings.audit_result_file
+                or posture_audit.default_result_path())
+        try:
+            posture_audit.write_result_file(path, own_run)
+        except OSError as exc:
+            print(f"mailsec-milter: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return 2
+    return run.exit_status
 
 
 def _network_resolver(settings: Settings) -> CachingResolver:

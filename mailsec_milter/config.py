@@ -210,6 +210,11 @@ def _domains(value: Any) -> frozenset[str]:
     return frozenset(_domain(v) for v in _string_list(value))
 
 
+def _domain_tuple(value: Any) -> tuple[str, ...]:
+    """Domains in the operator's order, duplicates dropped (the audit reports in this order)."""
+    return tuple(dict.fromkeys(_domain(v) for v in _string_list(value)))
+
+
 DOMAIN_ACTIONS = ("reject", "quarantine", "never_reject", "accept")
 
 
@@ -446,6 +451,20 @@ KEYS: tuple[Key, ...] = (
     Key("reports", "max_attempts", 3, _int_range(1, 20),
         "Runs that try a report whose destination could not be checked or reached (DNS "
         "trouble, MTA down) before it is dropped and counted as failed.", "runs"),
+    Key("audit", "domains", [], _domain_tuple,
+        "Your own domains: what `mailsec-milter audit --own` checks (docs/AUDIT.md) and the only "
+        "domains the posture gauges on /metrics are labelled with.", "list of domains"),
+    Key("audit", "baseline", "reject", _choice("none", "quarantine", "reject"),
+        "The DMARC policy every audited domain must reach (audit's exit status 1 and the "
+        "baseline-met gauge otherwise); --baseline overrides it.", "choice"),
+    Key("audit", "result_file", "", _str,
+        "Where `audit --own --write-metrics` writes its result and /metrics reads it; \"\" means "
+        "audit.json in the state directory ($STATE_DIRECTORY, else /var/lib/mailsec-milter).",
+        "path"),
+    Key("audit", "domain_timeout", "30s", _duration_range(1, 600),
+        "Time one domain's audit may take at most (DNS, the MTA-STS policy over HTTPS, and "
+        "with --check-mx-tls the STARTTLS probes); a domain over it is reported as an error.",
+        "duration"),
     Key("metrics", "listen", "127.0.0.1:9894", _listen,
         "HOST:PORT for the Prometheus /metrics endpoint (loopback by default); \"\" turns it "
         "off.", "address"),
@@ -578,6 +597,10 @@ class Settings:
     reports_suppress: frozenset[str]
     reports_only_aligned_pass_domains: bool
     reports_max_attempts: int
+    audit_domains: tuple[str, ...]
+    audit_baseline: str
+    audit_result_file: str
+    audit_domain_timeout: float
     metrics_listen: str
     log_level: str
     log_target: str
@@ -596,7 +619,7 @@ class Settings:
 def _field_name(key: Key) -> str:
     prefix = {"dns": "dns_", "spf": "spf_", "dkim": "dkim_", "dmarc": "dmarc_",
               "arc": "arc_", "metrics": "metrics_", "log": "log_",
-              "reports": "reports_"}.get(key.section, "")
+              "reports": "reports_", "audit": "audit_"}.get(key.section, "")
     if key.section == "dns" and key.name == "nameservers":
         return "nameservers"
     return prefix + key.name

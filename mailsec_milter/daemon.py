@@ -44,6 +44,7 @@ from .config import (
 )
 from .logsetup import log_fds
 from .metrics import SupervisorMetrics, WorkerTotals
+from .posture import PostureCollector, default_result_path
 from .reports.status import StatusCollector, status_path
 
 # Imported here, before privileges are dropped: workers are forked from this process and run
@@ -310,6 +311,11 @@ class Supervisor:
         # status file it writes, read at each scrape, once here — not per worker.
         self.report_status = StatusCollector(status_path(settings.reports_store))
         self.own_metrics.registry.register(self.report_status)
+        # [audit] posture gauges (issue 16): read the daily audit's result file at each scrape;
+        # posture.py never imports checkdmarc
+        self.own_metrics.registry.register(PostureCollector(
+            lambda: self.settings.audit_domains,
+            lambda: self.settings.audit_result_file or default_result_path()))
         self.stopping = False
         self.listener: socket.socket | None = None
         self.metrics_server: http.server.HTTPServer | None = None

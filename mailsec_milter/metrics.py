@@ -235,6 +235,30 @@ class SupervisorMetrics:
             registry=self.registry)
 
 
+# The domain posture gauges (mailsec_milter/posture.py fills them from the daily audit's result
+# file at each scrape). The only label is a domain of [audit] domains: bounded by the config.
+POSTURE_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("mailsec_posture_dmarc_policy",
+     "Own domain's effective DMARC policy at the last audit: 0 none, 1 quarantine, 2 reject, "
+     "-1 no policy.", ("domain",)),
+    ("mailsec_posture_mta_sts_mode",
+     "Own domain's MTA-STS mode: 0 none, 1 testing, 2 enforce, -1 no valid policy.",
+     ("domain",)),
+    ("mailsec_posture_tls_rpt", "1 if the own domain publishes a valid TLS-RPT record.",
+     ("domain",)),
+    ("mailsec_posture_dane",
+     "1 if every MX host of the own domain has DNSSEC-validated TLSA records.", ("domain",)),
+    ("mailsec_posture_baseline_met",
+     "1 if the own domain meets [audit] baseline (see MailsecOwnDomainBelowBaseline).",
+     ("domain",)),
+    ("mailsec_posture_audit_ok",
+     "1 if the last audit of [audit] domains ran without errors.", ()),
+    ("mailsec_posture_last_success_timestamp_seconds",
+     "When the last audit without errors finished (see MailsecPostureAuditStale).", ()),
+    ("mailsec_posture_domains_configured", "How many domains [audit] domains names.", ()),
+)
+
+
 def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
     """Every metric family /metrics serves (the workers' and the supervisor's) with its type,
     labels and help, for docs/METRICS.md."""
@@ -259,6 +283,8 @@ def describe(metrics: Metrics | None = None) -> list[MetricDoc]:
         labels = tuple(sorted({k for sample in family.samples for k in sample.labels}))
         name = family.name + ("_total" if family.type == "counter" else "")
         docs.append(MetricDoc(name, family.type, labels, family.documentation))
+    docs += [MetricDoc(name, "gauge", labels, help_text)
+             for name, help_text, labels in POSTURE_FAMILIES]
     return docs
 
 

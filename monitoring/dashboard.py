@@ -395,6 +395,34 @@ def build() -> model.Dashboard:
                                 "{{version}} (Python {{python}})")), unit="short", width=24,
                        height=6))
     )
+    # -- domain posture (the daily audit of [audit] domains, docs/AUDIT.md) ------------------
+    b = (
+        b.with_row(row(L, "Domain posture"))
+        .with_panel(ts(L, "DMARC policy of own domains",
+                       "Each of your [audit] domains on the DMARC ladder at the last daily "
+                       "audit: 0 none, 1 quarantine, 2 reject (the baseline), -1 no policy.",
+                       queries((f"max by (domain) ({series('mailsec_posture_dmarc_policy')})",
+                                "{{domain}}")), unit="short", width=8))
+        .with_panel(ts(L, "MTA-STS mode of own domains",
+                       "0 none, 1 testing, 2 enforce, -1 no valid policy.",
+                       queries((f"max by (domain) ({series('mailsec_posture_mta_sts_mode')})",
+                                "{{domain}}")), unit="short", width=8))
+        .with_panel(ts(L, "Own domains meeting the baseline",
+                       "1 when the domain meets [audit] baseline (MailsecOwnDomainBelowBaseline "
+                       "fires on 0); TLS-RPT and DANE published (1) or not (0).",
+                       queries((f"min by (domain) ({series('mailsec_posture_baseline_met')})",
+                                "{{domain}} baseline"),
+                               (f"min by (domain) ({series('mailsec_posture_tls_rpt')})",
+                                "{{domain}} TLS-RPT"),
+                               (f"min by (domain) ({series('mailsec_posture_dane')})",
+                                "{{domain}} DANE")), unit="short", width=8))
+        .with_panel(ts(L, "Age of the last good audit",
+                       "Time since the last daily audit without errors finished, per instance "
+                       "(the MailsecPostureAuditStale alert fires after two days).",
+                       queries((f"time() - max by (instance) "
+                                f"({series('mailsec_posture_last_success_timestamp_seconds')})",
+                                "{{instance}}")), unit="s", width=24, height=6))
+    )
     return b.build()
 
 

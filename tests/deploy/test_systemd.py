@@ -311,3 +311,50 @@ def test_a_socket_activated_unix_socket_ignores_the_configured_path(dns: DnsTest
         trigger.join()
         process.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the daily posture audit (issue 16): mailsec-milter-audit.service + .timer
+
+AUDIT_SERVICE = SYSTEMD_DIR / "mailsec-milter-audit.service"
+AUDIT_TIMER = SYSTEMD_DIR / "mailsec-milter-audit.timer"
+
+
+def test_systemd_analyze_verify_accepts_the_audit_units(tmp_path: Path) -> None:
+    analyze = need("systemd-analyze")
+    program = CHECKOUT_VENV / "bin" / "mailsec-milter"
+    assert program.exists(), "the checkout's venv has no mailsec-milter (pip install -e .)"
+    text = AUDIT_SERVICE.read_text()
+    assert text.count("ExecStart=/opt/mailsec-milter/.venv/bin/mailsec-milter ") == 1
+    (tmp_path / AUDIT_SERVICE.name).write_text(text.replace(
+        "ExecStart=/opt/mailsec-milter/.venv/bin/mailsec-milter", f"ExecStart={program}"))
+    shutil.copy(AUDIT_TIMER, tmp_path / AUDIT_TIMER.name)
+    result = run([analyze, "verify", "--man=no", str(tmp_path / AUDIT_TIMER.name),
+                  str(tmp_path / AUDIT_SERVICE.name)])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "mailsec-milter" not in output, output
+
+
+def test_systemd_analyze_security_rates_the_audit_service_ok_or_better() -> None:
+    analyze = need("systemd-analyze")
+    gate = run([analyze, "security", "--offline=yes", "--man=no",
+                f"--threshold={int(OK_THRESHOLD * 10)}", str(AUDIT_SERVICE)])
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+
+
+def test_the_timer_runs_audit_own_daily_into_the_daemons_state_directory() -> None:
+    service = parse_unit(AUDIT_SERVICE)["Service"]
+    daemon_service = parse_unit(SERVICE)["Service"]
+    timer = parse_unit(AUDIT_TIMER)["Timer"]
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"][-1].split() == [
+        "/opt/mailsec-milter/.venv/bin/mailsec-milter", "audit", "--own", "--write-metrics",
+        "--config", INSTALL_CONFIG]
+    # the same account and state directory as the daemon: [audit] result_file = "" is
+    # $STATE_DIRECTORY/audit.json for both
+    for key in ("User", "Group", "StateDirectory"):
+        assert service[key] == daemon_service[key], key
+    assert service["SuccessExitStatus"] == ["1"]  # below baseline: the alert's business
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["yes"]
+    assert parse_unit(AUDIT_TIMER)["Install"]["WantedBy"] == ["timers.target"]

@@ -180,6 +180,17 @@ def _scene(workdir: Path) -> Iterator[Scene]:
             "dns": {"nameservers": [dns.nameserver], "timeout": "1s"},
         }
         dry_config = {**config, "policy": {"dry_run": True}}
+        # The enforcing daemon has an own domain audited today, at the baseline: the posture
+        # panels have data and the posture alerts stay quiet (docs/AUDIT.md).
+        workdir.chmod(0o755)  # the daemons' user reads the result file
+        result_file = workdir / "audit.json"
+        result_file.write_text(json.dumps({
+            "format": 1, "finished": time.time(), "last_success": time.time(), "ok": True,
+            "baseline": "reject", "domains": {"own.test": {
+                "dmarc_policy": 2, "mta_sts_mode": "enforce", "tls_rpt": True, "dane": False,
+                "meets_baseline": True, "errors": 0}}}))
+        result_file.chmod(0o644)
+        config = {**config, "audit": {"domains": ["own.test"], "result_file": str(result_file)}}
         with MilterProcess(config) as enforcing, MilterProcess(dry_config) as dry_run:
             targets = [str(m.config["metrics"]["listen"]) for m in (enforcing, dry_run)]
             server = start_prometheus(targets, workdir)
@@ -442,6 +453,12 @@ INNER: dict[str, list[str]] = {
     "MailsecNoTraffic": ["sum by (job, instance) (increase(mailsec_connections_total[30m]))"],
     "MailsecMessagesQuarantined": ['sum by (job, instance) '
                                    '(increase(mailsec_messages_total{verdict="quarantine"}[1h]))'],
+    # The enforcing daemon's own domain was audited today and meets the baseline: quiet
+    # (promtool's tests in tests.yml make them fire).
+    "MailsecOwnDomainBelowBaseline": ["mailsec_posture_baseline_met"],
+    "MailsecPostureAuditFailing": ["mailsec_posture_audit_ok"],
+    "MailsecPostureAuditStale": ["mailsec_posture_last_success_timestamp_seconds",
+                                 "mailsec_posture_domains_configured"],
 }
 
 

@@ -77,7 +77,7 @@ def _rdata(rdtype: str, text: str) -> object:
 class DnsTestServer:
     """See the module docstring. Start with ``start()`` or ``with``; always ``stop()``."""
 
-    def __init__(self, negative_ttl: int = 60) -> None:
+    def __init__(self, negative_ttl: int = 60, port: int = 0) -> None:
         self._names: dict[str, _Name] = {}
         self._lock = threading.Lock()
         self._queries: list[Query] = []
@@ -86,7 +86,7 @@ class DnsTestServer:
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self.negative_ttl = negative_ttl
-        self.port = 0
+        self.port = port  # 0: an ephemeral port (53 inside a private network namespace)
 
     # -- zone ------------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class DnsTestServer:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> DnsTestServer:
-        udp, tcp = self._bind()
+        udp, tcp = self._bind(self.port)
         self._udp, self._tcp = udp, tcp
         self.port = udp.getsockname()[1]
         for target in (self._serve_udp, self._serve_tcp):
@@ -184,11 +184,12 @@ class DnsTestServer:
         self.stop()
 
     @staticmethod
-    def _bind() -> tuple[socket.socket, socket.socket]:
-        """UDP and TCP on one ephemeral port of 127.0.0.1 (retry if TCP's twin is taken)."""
-        for _ in range(50):
+    def _bind(port: int = 0) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP on one port of 127.0.0.1, ephemeral unless given (retry if TCP's twin
+        is taken)."""
+        for _ in range(50 if port == 0 else 1):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", 0))
+            udp.bind(("127.0.0.1", port))
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
