@@ -423,6 +423,40 @@ def build() -> model.Dashboard:
                                 f"({series('mailsec_posture_last_success_timestamp_seconds')})",
                                 "{{instance}}")), unit="s", width=24, height=6))
     )
+    # -- DMARC aggregate reports (docs/REPORTS.md; which domains: the reports dashboard) ------
+    b = (
+        b.with_row(row(L, "DMARC reports"))
+        .with_panel(ts(L, "Report records written and dropped",
+                       "Aggregate-report records written to the store, and dropped by reason "
+                       "(mail is never affected; MailsecReportRecordsDropped fires on drops).",
+                       queries((per_minute(f"sum ({rate('mailsec_report_records_total')})"),
+                                "written"),
+                               (per_minute(f"sum by (reason) "
+                                           f"({rate('mailsec_report_records_dropped_total')})"),
+                                "dropped {{reason}}")),
+                       unit="suffix: records/min", width=8))
+        .with_panel(ts(L, "Report queue and store writes",
+                       "Records waiting for the store (summed over workers) and the p99 time of "
+                       "one batch write.",
+                       queries((f"sum by (instance) ({series('mailsec_report_queue_depth')})",
+                                "queued {{instance}}"),
+                               (quantile(0.99, "mailsec_report_store_write_seconds_bucket"),
+                                "write p99 (s)")), unit="short", width=8))
+        .with_panel(top(L, "Reports sent in the range",
+                        "What the daily `reports send` did in the selected time range: reports "
+                        "sent, given up (failed), deferred to a later run, and destinations "
+                        "skipped by reason (docs/REPORTS.md).",
+                        instant_queries(
+                            (f"sum (increase({series('mailsec_reports_sent_total')}"
+                             f"[$__range]))", "sent"),
+                            (f"sum (increase({series('mailsec_reports_failed_total')}"
+                             f"[$__range]))", "failed"),
+                            (f"sum (increase({series('mailsec_reports_deferred_total')}"
+                             f"[$__range]))", "deferred"),
+                            (f"sum by (reason) (increase("
+                             f"{series('mailsec_reports_skipped_total')}[$__range]))",
+                             "skipped {{reason}}")), width=8))
+    )
     return b.build()
 
 

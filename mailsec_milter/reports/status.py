@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .destinations import Skip
 from .store import DEFAULT_STATE_DIRECTORY, is_postgres_url
 
 STATUS_NAME = "reports-status.json"
@@ -127,7 +128,10 @@ def metric_families(status: Status) -> list[CounterMetricFamily | GaugeMetricFam
     deferred.add_metric([], status.deferred)
     skipped = CounterMetricFamily("mailsec_reports_skipped", "Report destinations (or whole "
                                   "reports) not sent, by reason.", labels=["reason"])
-    for reason, n in sorted(status.skipped.items()):
+    # Every known reason from the start (a series that appears only when it first counts
+    # hides its first increase from rate()), plus any an older or newer sender wrote.
+    known = {reason.value: 0 for reason in Skip}
+    for reason, n in sorted({**known, **status.skipped}.items()):
         skipped.add_metric([reason], n)
     last = GaugeMetricFamily("mailsec_reports_last_success_timestamp_seconds",
                              "When a reports send run last finished (0: never).")

@@ -459,6 +459,12 @@ INNER: dict[str, list[str]] = {
     "MailsecPostureAuditFailing": ["mailsec_posture_audit_ok"],
     "MailsecPostureAuditStale": ["mailsec_posture_last_success_timestamp_seconds",
                                  "mailsec_posture_domains_configured"],
+    # Records are written (the store is in the test daemons' state directory): quiet.
+    "MailsecReportRecordsDropped": ["sum by (job, instance, reason) "
+                                    "(increase(mailsec_report_records_dropped_total[1h]))"],
+    # No reports send has run in this scene: the counters exist (at 0) and stay quiet.
+    "MailsecReportsFailing": ["mailsec_reports_failed_total"],
+    "MailsecReportsNotRunning": ["mailsec_reports_last_success_timestamp_seconds"],
 }
 
 
