@@ -42,7 +42,8 @@ class LatencyDnsServer(DnsTestServer):
     def nameserver(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _bind(self) -> tuple[socket.socket, socket.socket]:  # type: ignore[override]
+    def _bind(self, port: int = 0) -> tuple[socket.socket, socket.socket]:  # type: ignore[override]
+        """Our own host and port (``port``, the base class's choice, is not used)."""
         for _ in range(50):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             udp.bind((self.host, self.wanted_port))

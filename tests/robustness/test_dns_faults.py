@@ -151,7 +151,8 @@ def test_dmarc_record_unavailable_but_spf_passes_for_the_author_itself(
     answer = send(milter, message(domain), mail_from=f"a@{domain}", queue_id=queue_id)
     assert answer.action == "accept", answer
     assert answer.header is not None and "dmarc=pass" in answer.header
-    assert "aligned under any record" in answer.header
+    unfolded = " ".join(answer.header.split())  # the renderer folds inside comments too
+    assert "aligned under any record" in unfolded
 
 
 @pytest.mark.parametrize(("domain", "queue_id"), [("spf-drop.test", "SPFDROP"),
