@@ -5,15 +5,19 @@ counted, recording resumes when the store returns."""
 
 from __future__ import annotations
 
+import gzip
 import re
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
+from mailsec_milter.cli import main
 from mailsec_milter.reports.store import open_store
 from tests.support import milterclient as mc
 from tests.support.dnsserver import DnsTestServer
@@ -21,6 +25,7 @@ from tests.support.milterproc import MilterProcess
 from tests.support.pgserver import PostgresServer
 
 DOMAINS = ("alpha.example", "beta.example", "gamma.example")
+NS = "{urn:ietf:params:xml:ns:dmarc-2.0}"
 IPS = ("192.0.2.10", "198.51.100.20", "203.0.113.30")
 
 
@@ -96,8 +101,8 @@ def test_every_message_is_recorded_once_per_tuple(nameserver: str) -> None:
     assert stored(str(milter.config["reports"]["store"])) == sent
 
 
-def test_two_daemons_share_one_postgresql_store(nameserver: str,
-                                                postgres: PostgresServer) -> None:
+def test_two_daemons_share_one_postgresql_store(nameserver: str, postgres: PostgresServer,
+                                                tmp_path: Path) -> None:
     postgres.psql("CREATE DATABASE fleet OWNER mailsec")
     url = postgres.url.rsplit("/", 1)[0] + "/fleet"
     first, second = daemon(nameserver, url), daemon(nameserver, url)
@@ -107,6 +112,23 @@ def test_two_daemons_share_one_postgresql_store(nameserver: str,
         first.stop()
         second.stop()
     assert stored(url) == sent
+    # ONE report per policy domain, whose counts are the sum of both hosts' messages.
+    config = tmp_path / "reports.toml"
+    config.write_text(f'[reports]\nstore = "{url}"\n')
+    out = tmp_path / "out"
+    today = datetime.now(UTC).date().isoformat()
+    assert main(["reports", "send", "--config", str(config), "--period", today,
+                 "--out", str(out)]) == 0
+    files = sorted(out.iterdir())
+    assert sorted(f.name.split("!")[1] for f in files) == sorted(DOMAINS)
+    for path in files:
+        root = ElementTree.fromstring(gzip.decompress(path.read_bytes()))
+        domain = path.name.split("!")[1]
+        counts: Counter[str] = Counter()
+        for record in root.iter(f"{NS}record"):
+            ip = record.findtext(f"{NS}row/{NS}source_ip") or ""
+            counts[ip] += int(record.findtext(f"{NS}row/{NS}count") or 0)
+        assert counts == Counter({ip: n for (d, ip), n in sent.items() if d == domain})
 
 
 def test_postgresql_down_mid_load_costs_no_mail(nameserver: str,
