@@ -99,7 +99,7 @@ class StalledStore(ReportStore):
         return 0
 
     def close(self) -> None:
-        pass
+        """Nothing to close: no connection was opened."""
 
 
 def test_a_stalled_store_never_blocks_offer_and_a_full_queue_drops_counted(
